@@ -1,0 +1,1 @@
+"""Android phone benchmarks over adb (installed as mobilebert_mobile.android_harness)."""

@@ -1,0 +1,1 @@
+"""Host benchmarks (installed as mobilebert_mobile.benchmarks)."""

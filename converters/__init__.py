@@ -1,0 +1,1 @@
+"""Converters: PyTorch -> ONNX -> TFLite (installed as mobilebert_mobile.converters)."""

@@ -1,0 +1,218 @@
+"""``mobilebert-mobile``: one CLI, one subcommand per stage. Heavy modules are imported lazily,
+so ``mobilebert-mobile --help`` stays fast and torch-free."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+# --------------------------------------------------------------------------- presets
+def cmd_presets(args) -> int:
+    from .config import PRESETS, MobileBertConfig
+    from .modeling import MobileBertModel
+
+    rows = []
+    for name in PRESETS:
+        cfg = MobileBertConfig.from_preset(name)
+        model = MobileBertModel(cfg, add_pooling_layer=False)
+        rows.append({"preset": name, "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size,
+                     "intra": cfg.intra_bottleneck_size, "heads": cfg.num_attention_heads,
+                     "ffn": f"{cfg.intermediate_size}x{cfg.num_feedforward_networks}",
+                     "act/norm": f"{cfg.hidden_act}/{cfg.normalization_type}",
+                     "backbone_params": model.num_parameters()})
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(f"{'preset':<20}{'layers':>7}{'hidden':>7}{'intra':>7}{'heads':>6}{'ffn':>9}  {'act/norm':<18}{'params':>10}")
+    for r in rows:
+        print(f"{r['preset']:<20}{r['layers']:>7}{r['hidden']:>7}{r['intra']:>7}{r['heads']:>6}{r['ffn']:>9}  "
+              f"{r['act/norm']:<18}{r['backbone_params'] / 1e6:>9.2f}M")
+    return 0
+
+
+# ------------------------------------------------------------------------------ info
+def cmd_info(args) -> int:
+    from .config import MobileBertConfig
+
+    cfg = MobileBertConfig.from_json(args.checkpoint)
+    out = {"checkpoint": os.path.abspath(args.checkpoint), "architectures": cfg.architectures,
+           "config": cfg.to_dict()}
+    if not args.no_weights:
+        from .modeling import model_class_for
+
+        model = model_class_for(args.checkpoint).from_pretrained(args.checkpoint)
+        out["parameters"] = model.num_parameters()
+    _print_json(out)
+    return 0
+
+
+# -------------------------------------------------------------------------- tokenize
+def cmd_tokenize(args) -> int:
+    from . import assets
+    from .tokenizer import Tokenizer
+
+    tok = Tokenizer.from_file(args.vocab or assets.vocab_path(), lowercase=not args.cased,
+                              max_length=args.max_length)
+    enc = tok(args.texts, padding="longest")
+    rows = []
+    for i, text in enumerate(args.texts):
+        n = int(enc.attention_mask[i].sum())
+        ids = enc.input_ids[i, :n].tolist()
+        rows.append({"text": text, "tokens": tok.convert_ids_to_tokens(ids), "input_ids": ids,
+                     "truncated": bool(enc.truncated[i])})
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            print(" ".join(r["tokens"]))
+    return 0
+
+
+# ------------------------------------------------------------------------------ demo
+def cmd_demo(args) -> int:
+    """The README's main job: build a MobileBERT, save it, reload it, run it on real sentences."""
+    import numpy as np
+    import torch
+
+    from . import assets
+    from .config import MobileBertConfig
+    from .modeling import MobileBertForSequenceClassification
+    from .tokenizer import Tokenizer
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    report: dict = {"preset": args.preset}
+    say = (lambda *a: None) if args.json else print
+
+    t0 = time.perf_counter()
+    cfg = MobileBertConfig.from_preset(args.preset).with_labels(["negative", "positive"])
+    model = MobileBertForSequenceClassification(cfg).eval()
+    report["build_s"] = round(time.perf_counter() - t0, 3)
+    report["parameters"] = model.num_parameters()
+    report["backbone_parameters"] = model.num_parameters(backbone_only=True)
+    say(f"built {args.preset}: {cfg.num_hidden_layers} layers, {report['parameters'] / 1e6:.2f}M parameters "
+        f"({report['backbone_parameters'] / 1e6:.2f}M backbone) in {report['build_s']:.1f}s "
+        f"[random weights: a trained default model arrives with the distillation stage]")
+
+    out_dir = args.out or assets.cache_dir("demo", args.preset)
+    t0 = time.perf_counter()
+    model.save_pretrained(out_dir)
+    report["checkpoint"] = out_dir
+    report["checkpoint_mb"] = round(os.path.getsize(os.path.join(out_dir, "model.safetensors")) / 2**20, 2)
+    reloaded = MobileBertForSequenceClassification.from_pretrained(out_dir)
+    report["save_reload_s"] = round(time.perf_counter() - t0, 3)
+    say(f"saved to {out_dir} ({report['checkpoint_mb']} MiB, transformers layout) and reloaded "
+        f"in {report['save_reload_s']:.1f}s")
+
+    tok = Tokenizer.from_file(assets.vocab_path(), max_length=args.seq_len)
+    sentences = assets.sample_sentences(args.sentences)
+    enc = tok(sentences)
+    inputs = {k: torch.from_numpy(v.astype(np.int64)) for k, v in enc.model_inputs().items()}
+    with torch.inference_mode():
+        a = model(**inputs).logits
+        t0 = time.perf_counter()
+        b = reloaded(**inputs).logits
+        infer_s = time.perf_counter() - t0
+    diff = float((a - b).abs().max())
+    report["reload_max_abs_diff"] = diff
+    report["batch_latency_ms"] = round(infer_s * 1e3, 2)
+    probs = torch.softmax(b, dim=-1).numpy()
+    report["predictions"] = []
+    say(f"reloaded model equals the original: max |logit diff| = {diff:.3g}")
+    say(f"ran {len(sentences)} real Rotten Tomatoes sentences (seq {args.seq_len}) in "
+        f"{infer_s * 1e3:.0f} ms on {args.threads} thread(s):")
+    for s, p, m in zip(sentences, probs, enc.attention_mask):
+        label = cfg.label_names[int(p.argmax())]
+        report["predictions"].append({"text": s, "tokens": int(m.sum()), "label": label,
+                                      "score": round(float(p.max()), 4)})
+        say(f"  {label:>8} {p.max():.3f}  ({int(m.sum()):3d} tokens)  {s[:70]}")
+    if diff != 0.0:
+        print(f"error: reloaded model differs from the saved one by {diff}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(report)
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mobilebert-mobile",
+                                description="MobileBERT-class models: build, convert, benchmark, predict.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("demo", help="build a MobileBERT, save, reload and run it on real sentences")
+    s.add_argument("--preset", default="mobilebert", help="model preset (default: mobilebert)")
+    s.add_argument("--out", help="checkpoint directory (default: the cache)")
+    s.add_argument("--sentences", type=int, default=6)
+    s.add_argument("--seq-len", type=int, default=128)
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true", help="print a JSON report")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("presets", help="list the model presets with parameter counts")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_presets)
+
+    s = sub.add_parser("info", help="describe a checkpoint directory")
+    s.add_argument("checkpoint")
+    s.add_argument("--no-weights", action="store_true", help="read config.json only")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("tokenize", help="show WordPiece tokens and ids of texts")
+    s.add_argument("texts", nargs="+")
+    s.add_argument("--vocab", help="vocab.txt or tokenizer.json (default: the BERT uncased vocabulary)")
+    s.add_argument("--cased", action="store_true")
+    s.add_argument("--max-length", type=int, default=128)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_tokenize)
+
+    for register in _extensions():
+        register(sub)
+    return p
+
+
+def _extensions():
+    """Subcommands of later stages register themselves here (imported lazily inside their handlers)."""
+    return []
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from .assets import AssetError
+    from .config import ConfigError
+    from .tokenizer import TokenizerError
+
+    known = (ConfigError, TokenizerError, AssetError, FileNotFoundError, PermissionError)
+    try:
+        return int(args.func(args) or 0)
+    except known as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # errors of ours that carry a clear message
+        if type(e).__name__ in {"CheckpointError", "ConversionError", "BundleError", "PredictorError"}:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
