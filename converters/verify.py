@@ -1,0 +1,47 @@
+"""Numerical comparison of a stage's outputs with the float reference, per task."""
+from __future__ import annotations
+
+import numpy as np
+
+# Default accuracy targets of quantized models (vs the float model, on held-out text).
+DEFAULT_TARGETS = {"classification": 0.99, "embedding": 0.99, "qa": 0.99, "mlm": 0.95}
+TARGET_METRIC = {"classification": "label_agreement", "embedding": "mean_cosine", "qa": "span_agreement",
+                 "mlm": "top1_agreement"}
+
+
+def compare(task: str, out: dict[str, np.ndarray], ref: dict[str, np.ndarray],
+            mask: np.ndarray | None = None) -> dict:
+    """Max abs/rel difference over every output, and the task's agreement metric."""
+    res: dict = {}
+    max_abs = 0.0
+    scale = 0.0
+    for k, r in ref.items():
+        o = out[k].astype(np.float64)
+        r = r.astype(np.float64)
+        if o.shape != r.shape:
+            raise ValueError(f"output {k}: shape {o.shape} != reference {r.shape}")
+        max_abs = max(max_abs, float(np.max(np.abs(o - r))) if r.size else 0.0)
+        scale = max(scale, float(np.max(np.abs(r))) if r.size else 0.0)
+    res["max_abs_diff"] = max_abs
+    res["max_rel_diff"] = max_abs / scale if scale else 0.0
+    if task == "classification":
+        k = "probabilities" if "probabilities" in ref else "logits"
+        res["label_agreement"] = float(np.mean(out[k].argmax(-1) == ref[k].argmax(-1)))
+    elif task == "embedding":
+        a, b = out["embedding"].astype(np.float64), ref["embedding"].astype(np.float64)
+        cos = np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
+        res["mean_cosine"] = float(np.mean(cos))
+        res["min_cosine"] = float(np.min(cos))
+    elif task == "qa":
+        s = out["start_logits"].argmax(-1) == ref["start_logits"].argmax(-1)
+        e = out["end_logits"].argmax(-1) == ref["end_logits"].argmax(-1)
+        res["span_agreement"] = float(np.mean(s & e))
+    elif task == "mlm":
+        top_o, top_r = out["mlm_logits"].argmax(-1), ref["mlm_logits"].argmax(-1)
+        m = np.ones(top_r.shape, bool) if mask is None else mask.astype(bool)
+        res["top1_agreement"] = float(np.mean((top_o == top_r)[m]))
+    return res
+
+
+def score(task: str, metrics: dict) -> float:
+    return float(metrics[TARGET_METRIC[task]])
