@@ -3,7 +3,7 @@
 ``convert(checkpoint_dir, out_dir, ...)`` is the public entry point; torch, onnx and tensorflow are
 imported inside the functions that need them.
 """
-from .convert import DEFAULT_PRECISIONS, convert
+from .pipeline import DEFAULT_PRECISIONS, convert
 from .export import ConversionError, TASKS
 from .tflite import PRECISIONS
 

@@ -135,10 +135,36 @@ def export_onnx(wrapped, path: str, *, batch: int, seq_len: int, outputs: tuple[
     example = tuple(torch.ones(batch, seq_len, dtype=torch.int32) for _ in INPUT_NAMES)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        prog = torch.onnx.export(wrapped, example, None, input_names=list(INPUT_NAMES), output_names=list(outputs),
-                                 opset_version=opset, dynamo=True, verbose=False)
+        prog = torch.onnx.export(wrapped, example, None, input_names=list(INPUT_NAMES),
+                                 output_names=[f"__out_{o}" for o in outputs], opset_version=opset, dynamo=True,
+                                 verbose=False)
     model = prog.model_proto
+    # the exporter may already use an output's name for an inner value (e.g. "embedding" for the
+    # word lookup): move inner names aside, then give the outputs their names
+    taken = set(outputs)
+    _rename_values(model, {n: f"{n}__inner" for n in _value_names(model) if n in taken})
+    _rename_values(model, {f"__out_{o}": o for o in outputs})
     import onnx
 
     onnx.checker.check_model(model)
     return model
+
+
+def _value_names(model) -> set[str]:
+    g = model.graph
+    return {o for n in g.node for o in n.output} | {i.name for i in g.initializer}
+
+
+def _rename_values(model, mapping: dict[str, str]) -> None:
+    if not mapping:
+        return
+    g = model.graph
+    for n in g.node:
+        for seq in (n.input, n.output):
+            for k, name in enumerate(seq):
+                if name in mapping:
+                    seq[k] = mapping[name]
+    for coll in (g.output, g.value_info, g.initializer):
+        for v in coll:
+            if v.name in mapping:
+                v.name = mapping[v.name]

@@ -181,8 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extensions():
-    """Subcommands of later stages register themselves here (imported lazily inside their handlers)."""
-    return []
+    """Subcommands of later stages register themselves here (their modules import nothing heavy at load)."""
+    from .converters import cli as convert_cli
+
+    return [convert_cli.register]
 
 
 def _version() -> str:
@@ -208,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # errors of ours that carry a clear message
-        if type(e).__name__ in {"CheckpointError", "ConversionError", "BundleError", "PredictorError"}:
+        if type(e).__name__ in {"CheckpointError", "ConversionError", "BundleError", "PredictorError",
+                                "CalibrationError", "PassError", "LoweringError"}:
             print(f"error: {e}", file=sys.stderr)
             return 2
         raise

@@ -1,0 +1,230 @@
+"""End-to-end conversion on small random-weight checkpoints (seq 32), each task, and every failure mode."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest_convert import make_checkpoint
+from mobilebert_mobile.converters import ConversionError, convert
+from mobilebert_mobile.converters.calibration import CalibrationError
+
+SEQ = 32
+FAST = dict(seq_len=SEQ, calibration_size=24, heldout_size=24, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def clf_bundle(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clf")
+    ck = make_checkpoint(d / "ck")
+    report = convert(ck, d / "bundle", precisions=("fp32", "fp16", "dynamic-int8", "int8"), **FAST)
+    return d / "bundle", report
+
+
+def test_bundle_files_and_hashes(clf_bundle):
+    from mobilebert_mobile._io import sha256_file
+
+    out, report = clf_bundle
+    b = json.loads((out / "bundle.json").read_text())
+    assert b["task"] == "classification" and b["labels"] == ["negative", "positive"]
+    assert b["max_seq_length"] == SEQ and b["default_model"] in b["models"]
+    assert [i["name"] for i in b["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert b["outputs"] == [{"name": "probabilities", "dtype": "float32", "shape": [1, 2]}]
+    for e in b["models"].values():
+        assert sha256_file(out / e["file"]) == e["sha256"]
+    for name, h in b["files"].items():
+        assert sha256_file(out / name) == h
+    assert not [p for p in os.listdir(out) if p.startswith(".")]  # no temp files left
+
+
+def test_every_stage_verified_and_reported(clf_bundle):
+    _, r = clf_bundle
+    stages = {s["stage"]: s for s in r["stages"]}
+    assert list(stages)[:3] == ["onnx (exported)", "onnx (optimised)", "tensorflow"]
+    for name in ("onnx (exported)", "onnx (optimised)", "tensorflow", "tflite fp32"):
+        assert stages[name]["max_rel_diff"] < 1e-4, name
+    assert stages["tflite fp16"]["max_rel_diff"] < 2e-2
+    for prec in ("fp32", "fp16", "dynamic-int8", "int8"):
+        s = stages[f"tflite {prec}"]
+        assert s["label_agreement"] >= 0.9 and s["size_mb"] > 0
+        inv = s["inventory"]
+        assert inv["fused_activations"].get("FULLY_CONNECTED+RELU") == 8  # 4 FFNs x 2 layers
+        assert not inv["standalone_activations"]
+        assert inv["signature"]["inputs"][0]["dtype"] == "int32"
+        assert {i["tensor"] for i in inv["signature"]["inputs"]} == {"input_ids", "attention_mask", "token_type_ids"}
+        assert "FlexDelegate" not in json.dumps(inv) and not any(k.startswith("FLEX") for k in inv["ops"])
+    for prec in ("fp32", "dynamic-int8", "int8"):
+        x = stages[f"tflite {prec}"]["xnnpack"]
+        assert x["partitions"] == 1, (prec, x)
+        # only the integer front end (id and type lookups, the mask cast) runs outside XNNPACK
+        assert set(x["outside"]) <= {"GATHER", "CAST", "RESHAPE", "DEQUANTIZE"}, x
+    assert stages["tflite dynamic-int8"]["inventory"]["weights_per_channel"] > 0
+    assert stages["tflite int8"]["inventory"]["weights_per_channel"] > 0
+    assert stages["tflite int8"]["fallback"]["float_ops"] == ["BATCH_MATMUL", "SOFTMAX"]
+    assert [p["name"] for p in r["passes"]][:4] == ["remove_noops", "fold_constants", "set_mask_value",
+                                                    "fold_nonorm_into_linear"]
+    assert r["versions"]["tensorflow"] and r["machine"]["cores"]
+
+
+def test_tflite_equals_interpreter_by_hand(clf_bundle):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from mobilebert_mobile import Tokenizer
+
+    out, _ = clf_bundle
+    tok = Tokenizer.from_file(out / "vocab.txt", max_length=SEQ)
+    enc = tok(["a gorgeous, witty, seductive movie."])
+    it = Interpreter(model_path=str(out / "model_fp32.tflite"))
+    it.allocate_tensors()
+    by_name = {d["name"]: d["index"] for d in it.get_input_details()}
+    for k, v in enc.model_inputs().items():
+        it.set_tensor(by_name[k], v)
+    it.invoke()
+    probs = it.get_tensor(it.get_output_details()[0]["index"])
+    assert probs.shape == (1, 2) and abs(float(probs.sum()) - 1) < 1e-5
+
+
+@pytest.mark.parametrize("task, outputs", [("embedding", ["embedding"]), ("qa", ["start_logits", "end_logits"]),
+                                           ("mlm", ["mlm_logits"])])
+def test_other_tasks(tmp_path, task, outputs):
+    ck = make_checkpoint(tmp_path / "ck", preset="mobilebert-tiny", task=task, layers=1)
+    precisions = ("fp32", "int8") if task == "embedding" else ("fp32",)
+    r = convert(ck, tmp_path / "b", precisions=precisions, **FAST)
+    b = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert b["task"] == task and [o["name"] for o in b["outputs"]] == outputs
+    assert r["stages"][3]["max_rel_diff"] < 1e-4
+    if task == "embedding":
+        assert r["stages"][-1]["mean_cosine"] > 0.99
+
+
+def test_gelu_layernorm_preset_converts(tmp_path):
+    ck = make_checkpoint(tmp_path / "ck", preset="mobilebert-no-opt", layers=1)
+    r = convert(ck, tmp_path / "b", precisions=("fp32",), **FAST)
+    inv = r["stages"][-1]["inventory"]["ops"]
+    assert inv.get("GELU") == 4 and r["stages"][-1]["max_rel_diff"] < 1e-4
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_missing_and_corrupt_checkpoints(tmp_path):
+    with pytest.raises(ConversionError, match="checkpoint directory not found"):
+        convert(tmp_path / "nope", tmp_path / "out", **FAST)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConversionError, match="no config.json"):
+        convert(tmp_path / "empty", tmp_path / "out", **FAST)
+    ck = make_checkpoint(tmp_path / "ck", layers=1)
+    (ck / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not safetensors")
+    with pytest.raises(ConversionError, match="corrupt or truncated"):
+        convert(ck, tmp_path / "out", **FAST)
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_weights_mismatch_and_unsupported_config(tmp_path):
+    ck = make_checkpoint(tmp_path / "ck", layers=1)
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg["num_hidden_layers"] = 2
+    (ck / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConversionError, match="missing tensors: mobilebert.encoder.layer.1"):
+        convert(ck, tmp_path / "out", **FAST)
+    cfg["num_hidden_layers"], cfg["hidden_act"] = 1, "swish_v9"
+    (ck / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConversionError, match="unknown activation"):
+        convert(ck, tmp_path / "out", **FAST)
+
+
+def test_bad_options(tmp_path):
+    ck = make_checkpoint(tmp_path / "ck", layers=1)
+    with pytest.raises(ConversionError, match="unknown precision"):
+        convert(ck, tmp_path / "o", precisions=("int4",), **FAST)
+    with pytest.raises(ConversionError, match="sequence length"):
+        convert(ck, tmp_path / "o", **{**FAST, "seq_len": 1024})
+    with pytest.raises(ConversionError, match="unknown task"):
+        convert(ck, tmp_path / "o", task="translation", **FAST)
+    with pytest.raises(ConversionError, match="unknown output"):
+        convert(ck, tmp_path / "o", outputs=("embedding",), **FAST)
+
+
+def test_bad_calibration_files(tmp_path):
+    ck = make_checkpoint(tmp_path / "ck", layers=1)
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(CalibrationError, match="has no non-empty text"):
+        convert(ck, tmp_path / "o", calibration=tmp_path / "empty.txt", **FAST)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
+    with pytest.raises(CalibrationError, match="not UTF-8"):
+        convert(ck, tmp_path / "o", calibration=tmp_path / "latin1.txt", **FAST)
+    (tmp_path / "c.csv").write_text("review,label\ngood,1\n")
+    with pytest.raises(CalibrationError, match="no text column"):
+        convert(ck, tmp_path / "o", calibration=tmp_path / "c.csv", **FAST)
+    with pytest.raises(CalibrationError, match="not found"):
+        convert(ck, tmp_path / "o", calibration=tmp_path / "missing.txt", **FAST)
+    assert not (tmp_path / "o").exists()
+
+
+def test_calibration_formats(tmp_path):
+    from mobilebert_mobile.converters.calibration import read_texts
+
+    (tmp_path / "a.jsonl").write_text('{"text": "good", "text_pair": "fine"}\n\n"plain"\n')
+    assert read_texts(tmp_path / "a.jsonl") == [("good", "fine"), "plain"]
+    (tmp_path / "a.tsv").write_text("sentence1\tsentence2\nq\tc\n")
+    assert read_texts(tmp_path / "a.tsv") == [("q", "c")]
+    (tmp_path / "a.txt").write_text("one\ntwo\tpair\n")
+    assert read_texts(tmp_path / "a.txt") == ["one", ("two", "pair")]
+
+
+def test_output_dir_problems_and_nothing_overwritten(tmp_path, monkeypatch):
+    ck = make_checkpoint(tmp_path / "ck", layers=1)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConversionError, match="exists and is not a directory"):
+        convert(ck, tmp_path / "file", **FAST)
+    with pytest.raises(ConversionError, match="cannot create output directory"):
+        convert(ck, tmp_path / "file" / "sub", **FAST)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    # a float stage that disagrees: conversion stops, no model written, nothing else touched
+    from mobilebert_mobile.converters import onnx_to_tf
+
+    real = onnx_to_tf._HANDLERS["Relu"]
+    monkeypatch.setitem(onnx_to_tf._HANDLERS, "Relu", lambda self, n, a: real(self, n, a) * 1.5)
+    with pytest.raises(ConversionError, match="tensorflow disagrees with PyTorch"):
+        convert(ck, out, precisions=("fp32",), **FAST)
+    assert sorted(os.listdir(out)) == ["notes.txt"]
+    monkeypatch.setitem(onnx_to_tf._HANDLERS, "Relu", real)
+    # disk full while publishing: no partial model, notes untouched
+    import mobilebert_mobile.converters.pipeline as C
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(C, "_publish", full)
+    with pytest.raises(OSError, match="No space left"):
+        convert(ck, out, precisions=("fp32",), **FAST)
+    assert sorted(os.listdir(out)) == ["notes.txt"]
+
+
+def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
+    ck = make_checkpoint(tmp_path / "ck", layers=1)
+    import mobilebert_mobile.converters.tflite as T
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "convert", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        convert(ck, tmp_path / "out", precisions=("fp32",), **FAST)
+    assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".convert-")]
+
+
+def test_cli_convert(tmp_path):
+    import subprocess
+    import sys
+
+    ck = make_checkpoint(tmp_path / "ck", preset="mobilebert-tiny", layers=1)
+    r = subprocess.run([sys.executable, "-m", "mobilebert_mobile.cli", "convert", str(ck), "--out",
+                        str(tmp_path / "b"), "--precision", "fp32", "--seq-len", "32", "--calibration-size", "8",
+                        "--heldout-size", "8", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["task"] == "classification"
+    r = subprocess.run([sys.executable, "-m", "mobilebert_mobile.cli", "convert", str(tmp_path / "nope"), "--out",
+                        str(tmp_path / "c")], capture_output=True, text=True)
+    assert r.returncode == 2 and "checkpoint directory not found" in r.stderr and "Traceback" not in r.stderr
