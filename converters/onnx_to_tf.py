@@ -357,6 +357,13 @@ def _clip(self, node, a):
     import tensorflow as tf
 
     x = a[0]
+    lo_c = self.g.consts.get(node.input[1]) if len(node.input) > 1 else None
+    hi_c = self.g.consts.get(node.input[2]) if len(node.input) > 2 else None
+    if lo_c is not None and float(lo_c) == 0.0:
+        if hi_c is not None and float(hi_c) == 6.0:
+            return tf.nn.relu6(x)  # fuses into FULLY_CONNECTED as RELU6
+        if hi_c is None and (len(node.input) < 3 or not node.input[2]):
+            return tf.nn.relu(x)
     lo = a[1] if len(a) > 1 and a[1] is not None else None
     hi = a[2] if len(a) > 2 and a[2] is not None else None
     if lo is not None:
@@ -395,6 +402,3 @@ def _ops():
 
 _HANDLERS = _ops()
 
-
-def relu6_pattern_note() -> str:  # documentation helper for the report
-    return "Clip(0, 6) lowers to MAXIMUM/MINIMUM; TFLite fuses it into FULLY_CONNECTED as RELU6"

@@ -194,6 +194,9 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # TensorFlow start-up noise off, and oneDNN's reordered float math off (reproducible numbers)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

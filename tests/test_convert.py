@@ -228,3 +228,11 @@ def test_cli_convert(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mobilebert_mobile.cli", "convert", str(tmp_path / "nope"), "--out",
                         str(tmp_path / "c")], capture_output=True, text=True)
     assert r.returncode == 2 and "checkpoint directory not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_relu6_preset_fuses_relu6(tmp_path):
+    ck = make_checkpoint(tmp_path / "ck", preset="mobilebert-relu6", layers=1)
+    r = convert(ck, tmp_path / "b", precisions=("fp32",), **FAST)
+    inv = r["stages"][-1]["inventory"]
+    assert inv["fused_activations"].get("FULLY_CONNECTED+RELU6") == 4 and not inv["standalone_activations"]
+    assert r["stages"][-1]["max_rel_diff"] < 1e-4
