@@ -128,12 +128,16 @@ def export_onnx(wrapped, path: str, *, batch: int, seq_len: int, outputs: tuple[
     """torch.onnx.export with the new (dynamo) exporter, fixed shapes [batch, seq_len], int32 inputs."""
     import contextlib
     import io
+    import logging
     import warnings
 
     import torch
 
+    for name in ("torch.onnx", "torch.onnx._internal.exporter._registration", "torch._export"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # e.g. "torchvision is not installed" per export
+
     example = tuple(torch.ones(batch, seq_len, dtype=torch.int32) for _ in INPUT_NAMES)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(wrapped, example, None, input_names=list(INPUT_NAMES),
                                  output_names=[f"__out_{o}" for o in outputs], opset_version=opset, dynamo=True,

@@ -182,9 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions():
     """Subcommands of later stages register themselves here (their modules import nothing heavy at load)."""
+    from .benchmarks import cli as bench_cli
     from .converters import cli as convert_cli
 
-    return [convert_cli.register]
+    return [convert_cli.register, bench_cli.register]
 
 
 def _version() -> str:
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:  # errors of ours that carry a clear message
         if type(e).__name__ in {"CheckpointError", "ConversionError", "BundleError", "PredictorError",
-                                "CalibrationError", "PassError", "LoweringError"}:
+                                "CalibrationError", "PassError", "LoweringError", "BenchError"}:
             print(f"error: {e}", file=sys.stderr)
             return 2
         raise

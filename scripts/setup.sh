@@ -4,6 +4,22 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
+if [[ "${1:-}" == "peers" ]]; then
+  # litert-torch (Google's direct PyTorch -> TFLite path), a benchmark peer, in its own venv:
+  # beside our toolchain it would downgrade pydantic and typing_extensions.
+  peers="$root/.venv-peers"
+  if [[ ! -x "$peers/bin/python" ]]; then
+    echo "[setup] creating $peers for litert-torch" >&2
+    "${PYTHON:-python3}" -m venv "$peers"
+    "$peers/bin/pip" install -q -U pip >/dev/null 2>&1
+  fi
+  "$peers/bin/pip" install -q --disable-pip-version-check torch==2.13.0 >"$peers/setup.log" 2>&1
+  "$peers/bin/pip" install -q --disable-pip-version-check litert-torch==0.10.0 ai-edge-quantizer==0.10.0 \
+    safetensors==0.8.0 tokenizers==0.23.3 tqdm >>"$peers/setup.log" 2>&1 \
+    || { tail -20 "$peers/setup.log" >&2; exit 1; }
+  echo "[setup] peers ready: $("$peers/bin/python" -c 'import importlib.metadata as m; print("litert-torch", m.version("litert-torch"))')" >&2
+  exit 0
+fi
 venv="$root/.venv"
 stamp="$venv/.setup-stamp"
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"

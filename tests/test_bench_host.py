@@ -1,0 +1,67 @@
+"""The benchmark suite's quick mode (CI smoke) and its pieces."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mobilebert_mobile import MobileBertConfig
+from mobilebert_mobile.benchmarks import macs
+
+
+def test_mac_count_matches_the_paper_recount():
+    m = macs.model_macs(MobileBertConfig.from_preset("mobilebert"), 128)
+    assert round(m["total"] / 1e9, 2) == 2.69 and round(m["ffn_share"], 2) == 0.60
+    tiny = macs.model_macs(MobileBertConfig.from_preset("mobilebert-tiny"), 128)
+    assert tiny["total"] < m["total"]
+    assert "FFNs" in macs.format_breakdown(m)
+
+
+def test_quick_mode_end_to_end(tmp_path):
+    out = tmp_path / "res"
+    r = subprocess.run([sys.executable, "-m", "mobilebert_mobile.cli", "bench-host", "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    rows = res["variants"]["2"]
+    for name in ("ours TFLite fp32", "ours TFLite int8", "ours TFLite dynamic-int8", "onnxruntime fp32",
+                 "onnxruntime dynamic-int8", "torch eager (ours)", "transformers eager"):
+        assert rows[name]["status"] == "ok", (name, rows[name])
+        assert rows[name]["median_ms"] > 0 and rows[name]["p10_ms"] <= rows[name]["median_ms"] <= rows[name]["p90_ms"]
+        assert rows[name]["fidelity"]["label_agreement"] >= 0.75
+        assert 0 < rows[name]["peak_rss_mb"] < 4096
+    assert rows["ours TFLite fp32"]["fidelity"]["max_abs_diff"] < 1e-4
+    assert res["floor"]["fp32_ms"] > 0 and res["floor"]["int8_ms"] > 0
+    assert res["versions"]["tensorflow"] and res["machine"]["flags"]
+    assert [r["seq_len"] for r in res["scaling"]["rows"]] == [16, 32, 32]
+    for f in ("results.md", "latency.png", "scaling.png", "results.jsonl"):
+        assert (out / f).stat().st_size > 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == len(rows) and all(json.loads(x)["variant"] for x in lines)
+    assert "x floor" in (out / "results.md").read_text()
+    assert not (out / "work").exists()
+
+
+def test_bad_inputs(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mobilebert_mobile.cli", "bench-host", "--preset", "bert-huge",
+                        "--out", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown preset 'bert-huge'" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "mobilebert_mobile.cli", "bench-host", "--checkpoint",
+                        str(tmp_path / "nope"), "--out", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "checkpoint directory not found" in r.stderr
+
+
+def test_missing_peer_and_crashing_variant_are_reported(tmp_path):
+    from mobilebert_mobile.benchmarks import host
+
+    root = str(tmp_path)  # no peers venv here
+    got = host.convert_with_litert_torch("ck", str(tmp_path / "o"), 32, 1, root)
+    assert all("not installed" in v for v in got.values())
+    feeds = {k: __import__("numpy").ones((1, 8), "int32") for k in ("input_ids", "attention_mask", "token_type_ids")}
+    (tmp_path / "bad.tflite").write_bytes(b"not a flatbuffer")
+    res = host.measure_variants({"broken": {"kind": "tflite", "path": str(tmp_path / "bad.tflite")},
+                                 "missing": "peer not installed"}, 1, feeds, feeds, runs=2, warmup=1, rounds=1,
+                                log=lambda m: None)
+    assert res["missing"] == {"status": "skipped", "reason": "peer not installed"}
+    assert res["broken"]["status"] in ("skipped", "crashed") and res["broken"]["reason"]
