@@ -65,9 +65,9 @@ def convert_with_litert_torch(checkpoint: str, out_dir: str, seq_len: int, batch
                   f"({PEERS_VENV}/, kept apart because it downgrades pydantic/typing_extensions)")
         return {"litert-torch fp32": reason, "litert-torch dynamic-int8": reason}
     os.makedirs(out_dir, exist_ok=True)
-    r = subprocess.run([py, "-m", "mobilebert_mobile.benchmarks.litert_torch_export", checkpoint, out_dir,
-                        str(seq_len), str(batch)], capture_output=True, text=True, timeout=1800,
-                       env={**os.environ, "PYTHONPATH": root})
+    script = os.path.join(root, "benchmarks", "litert_torch_export.py")
+    r = subprocess.run([py, script, checkpoint, out_dir, str(seq_len), str(batch)], capture_output=True, text=True,
+                       timeout=1800, env={**os.environ, "PYTHONPATH": root})
     result = {}
     for name, fname in (("litert-torch fp32", "litert_torch_fp32.tflite"),
                         ("litert-torch dynamic-int8", "litert_torch_dynamic_int8.tflite")):

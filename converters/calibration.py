@@ -82,6 +82,9 @@ def split(items: list, calib_n: int, heldout_n: int) -> tuple[list, list]:
     """Calibration part first, held-out part after it (never used for calibration)."""
     if len(items) < 2:
         raise CalibrationError(f"need at least 2 texts to calibrate and verify, got {len(items)}")
-    h = min(heldout_n, max(1, len(items) // 3))
-    c = min(calib_n, len(items) - h)
+    if len(items) >= calib_n + heldout_n:
+        c, h = calib_n, heldout_n
+    else:  # too few texts: share them in the requested proportion
+        h = max(1, round(len(items) * heldout_n / (calib_n + heldout_n)))
+        c = len(items) - h
     return items[:c], items[c:c + h]

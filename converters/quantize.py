@@ -6,9 +6,9 @@ TF's MLIR quantizer and a denylist, as often as needed:
 1. Attention's BATCH_MATMUL and SOFTMAX stay float by default: XNNPACK has no int8 kernels for
    them, so quantizing them splits the graph into many delegate partitions and runs slower (they
    are ~4% of the MACs).
-2. If the quantized model misses its accuracy target, encoder layers fall back to float one by
-   one, most sensitive first, until the target is met. A layer's sensitivity is the accuracy
-   lost when only that layer is quantized.
+2. If the quantized model misses its accuracy target, parts fall back to float one by one, most
+   sensitive first, until the target is met. The parts are the embeddings, each encoder layer and
+   the head; a part's sensitivity is the accuracy lost when only that part is quantized.
 
 ``tensorflow.lite.python.convert.mlir_quantize`` is what ``tf.lite.experimental.QuantizationDebugger``
 calls; it is a private API of the pinned TensorFlow 2.21.
@@ -67,6 +67,10 @@ def layer_nodes(model_bytes: bytes) -> dict[str, list[str]]:
     return out
 
 
+def _group_order(name: str) -> tuple:
+    return (0, 0) if name == "embeddings" else (2, 0) if name == "head" else (1, int(name.split("_")[1]))
+
+
 def quantize_with_fallback(calibrated: bytes, evaluate: Callable[[bytes], float], target: float, *,
                            float_ops=DEFAULT_FLOAT_OPS, max_float_layers: int | None = None,
                            progress: Callable[[str], None] | None = None) -> QuantResult:
@@ -78,13 +82,13 @@ def quantize_with_fallback(calibrated: bytes, evaluate: Callable[[bytes], float]
     res = QuantResult(model, score, score >= target, list(float_ops), [], steps)
     if res.meets_target:
         return res
-    groups = {k: v for k, v in layer_nodes(calibrated).items() if k.startswith("layer_")}
+    groups = layer_nodes(calibrated)  # layer_N, embeddings, head
     if not groups:
         return res
     say("ranking layers by quantization sensitivity")
     all_nodes = [n for v in groups.values() for n in v]
     sensitivity = {}
-    for name, nodes in sorted(groups.items(), key=lambda kv: int(kv[0].split("_")[1])):
+    for name, nodes in sorted(groups.items(), key=lambda kv: _group_order(kv[0])):
         others = [n for n in all_nodes if n not in set(nodes)]
         only_this = quantize_calibrated(calibrated, float_ops=float_ops, float_nodes=others)
         sensitivity[name] = 1.0 - evaluate(only_this)  # accuracy lost by quantizing this layer alone
