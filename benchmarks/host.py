@@ -48,7 +48,16 @@ def build_checkpoint(preset: str, layers: int | None, out: str, seed: int = 0) -
     if os.path.isfile(os.path.join(out, "model.safetensors")):
         return out
     torch.manual_seed(seed)
-    MobileBertForSequenceClassification(cfg).save_pretrained(out)
+    model = MobileBertForSequenceClassification(cfg)
+    # A fresh init has NoNorm gamma = 1, beta = 0 and zero biases, which the TFLite optimiser deletes:
+    # that would flatter every variant that folds constants. Give them trained-like values.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name:
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if name.endswith("weight") else 0.0))
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.02)
+    model.save_pretrained(out)
     return out
 
 
