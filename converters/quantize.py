@@ -51,19 +51,34 @@ def quantize_calibrated(calibrated: bytes, *, float_ops=(), float_nodes=()) -> b
             denylisted_ops=list(float_ops), denylisted_nodes=list(float_nodes)))
 
 
+_SCOPE = re.compile(r"(?:^|/)(layer_\d+|embeddings|head)(?:_\d+)?/")
+
+
 def layer_nodes(model_bytes: bytes) -> dict[str, list[str]]:
-    """Output-tensor names of the ops of every ``layer_N`` scope (and ``embeddings`` / ``head``)."""
+    """Output-tensor names of the ops of every part: ``embeddings``, ``layer_N``, ``head``.
+
+    The lowering opens a name scope per ONNX node, which TensorFlow uniquifies (``layer_3_2/``,
+    ``head_6/``); ops the converter left without a scope (e.g. the final output op) belong to the
+    head, except the QUANTIZE/DEQUANTIZE it inserted.
+    """
     from tensorflow.lite.tools import flatbuffer_utils
 
+    from .tflite import _builtin_names
+
     m = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+    names = _builtin_names()
     sg = m.subgraphs[0]
     out: dict[str, list[str]] = {}
     for op in sg.operators:
+        code = m.operatorCodes[op.opcodeIndex]
+        kind = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
         for t in op.outputs:
             name = sg.tensors[t].name.decode()
-            hit = re.search(r"(layer_\d+|embeddings|head)/", name)
+            hit = _SCOPE.search(name)
             if hit:
                 out.setdefault(hit.group(1), []).append(name)
+            elif kind not in ("QUANTIZE", "DEQUANTIZE"):
+                out.setdefault("head", []).append(name)
     return out
 
 
