@@ -236,3 +236,29 @@ def test_relu6_preset_fuses_relu6(tmp_path):
     inv = r["stages"][-1]["inventory"]
     assert inv["fused_activations"].get("FULLY_CONNECTED+RELU6") == 4 and not inv["standalone_activations"]
     assert r["stages"][-1]["max_rel_diff"] < 1e-4
+
+
+def test_fallback_groups_cover_every_op(clf_bundle):
+    from mobilebert_mobile.converters.quantize import layer_nodes
+    from mobilebert_mobile.converters.tflite import inventory
+
+    out, _ = clf_bundle
+    data = (out / "model_int8.tflite").read_bytes()
+    groups = layer_nodes(data)
+    assert set(groups) == {"embeddings", "layer_0", "layer_1", "head"}
+    assert abs(len(groups["layer_0"]) - len(groups["layer_1"])) <= 4 and len(groups["layer_1"]) > 20
+    ops = inventory(data)["ops"]
+    grouped = sum(len(v) for v in groups.values())  # one name per output tensor (some ops have several)
+    assert grouped >= inventory(data)["total_ops"] - ops.get("QUANTIZE", 0) - ops.get("DEQUANTIZE", 0)
+
+
+def test_fallback_walks_parts_until_the_target(tmp_path):
+    ck = make_checkpoint(tmp_path / "ck", layers=1)
+    r = convert(ck, tmp_path / "b", precisions=("int8",), target=1.01, **FAST)  # unreachable target
+    s = r["stages"][-1]
+    fb = s["fallback"]
+    assert set(fb["sensitivity"]) == {"embeddings", "layer_0", "head"}
+    assert sorted(fb["float_layers"]) == ["embeddings", "head", "layer_0"]  # every part tried, in order
+    assert len(fb["steps"]) == 4 and not s["meets_target"]
+    # everything in float: the model now computes what the float model computes
+    assert s["max_rel_diff"] < 1e-3
