@@ -15,72 +15,30 @@ DEFAULT_OUTPUTS = {
 }
 KNOWN_OUTPUTS = {"classification": ("probabilities", "logits"), "embedding": ("embedding",),
                  "qa": ("start_logits", "end_logits"), "mlm": ("mlm_logits",)}
-_TASK_OF_ARCH = {
-    "MobileBertForSequenceClassification": "classification", "BertForSequenceClassification": "classification",
-    "MobileBertForQuestionAnswering": "qa", "BertForQuestionAnswering": "qa",
-    "MobileBertForPreTraining": "mlm", "MobileBertForMaskedLM": "mlm", "BertForMaskedLM": "mlm",
-    "BertForPreTraining": "mlm",
-    "MobileBertModel": "embedding", "MobileBertForSentenceEmbedding": "embedding", "BertModel": "embedding",
-}
-
-
 class ConversionError(RuntimeError):
     """The checkpoint cannot be converted, or a stage disagrees with the one before."""
 
 
 def load_for_export(checkpoint: str | os.PathLike, task: str | None, *, mask_value: float | None):
-    """Load a MobileBERT or BERT-layout checkpoint as the model of ``task``.
+    """Load a MobileBERT or BERT-layout checkpoint as the model of ``task`` (errors as ConversionError).
 
-    Returns (model, task, info dict). ``mask_value`` replaces the attention-mask fill value.
+    Returns (model, task, info). ``mask_value`` replaces the attention-mask fill value.
     """
-    from mobilebert_mobile.config import ConfigError, MobileBertConfig
-    from mobilebert_mobile.modeling import (CheckpointError, MobileBertForMaskedLM,
-                                            MobileBertForQuestionAnswering, MobileBertForSentenceEmbedding,
-                                            MobileBertForSequenceClassification)
-    from mobilebert_mobile.modeling.bert import bert_config, is_bert_checkpoint, load_bert_into
+    from mobilebert_mobile.config import ConfigError
+    from mobilebert_mobile.modeling import CheckpointError
+    from mobilebert_mobile.modeling.loading import load_task_model
 
     d = os.fspath(checkpoint)
     if not os.path.isdir(d):
         raise ConversionError(f"checkpoint directory not found: {d}")
     if not os.path.isfile(os.path.join(d, "config.json")):
         raise ConversionError(f"no config.json in {d}: not a checkpoint directory")
-    classes = {"classification": MobileBertForSequenceClassification, "embedding": MobileBertForSentenceEmbedding,
-               "qa": MobileBertForQuestionAnswering, "mlm": MobileBertForMaskedLM}
-    overrides = {} if mask_value is None else {"attention_mask_value": float(mask_value)}
     try:
-        if is_bert_checkpoint(d):
-            cfg = bert_config(d, **overrides)
-            arch = None
-        else:
-            cfg = MobileBertConfig.from_json(d)
-            if overrides:
-                cfg = MobileBertConfig.from_dict({**cfg.to_dict(), **overrides})
-            arch = (cfg.architectures or [None])[0]
-    except (ConfigError, TypeError, KeyError) as e:
+        return load_task_model(d, task, mask_value=mask_value)
+    except ConfigError as e:
         raise ConversionError(f"unsupported or invalid config in {d}: {e}") from None
-    if is_bert_checkpoint(d):
-        import json
-
-        with open(os.path.join(d, "config.json"), encoding="utf-8") as fh:
-            arch = (json.load(fh).get("architectures") or ["BertModel"])[0]
-    inferred = _TASK_OF_ARCH.get(arch or "", "embedding")
-    task = task or inferred
-    if task not in TASKS:
-        raise ConversionError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    cls = classes[task]
-    strict = task == inferred  # e.g. an embedding from a classifier checkpoint uses the backbone only
-    try:
-        model = cls(cfg)
-        if is_bert_checkpoint(d):
-            load_bert_into(model, d)
-        else:
-            tensors = __import__("mobilebert_mobile.modeling.checkpoint", fromlist=["x"]).read_state_dict(d)
-            model.load_checkpoint_tensors(tensors, strict=strict, where=d)
-    except CheckpointError as e:
+    except (CheckpointError, TypeError, KeyError) as e:
         raise ConversionError(str(e)) from None
-    model.eval()
-    return model, task, {"architecture": arch, "family": "bert" if is_bert_checkpoint(d) else "mobilebert",
-                         "config": cfg}
 
 
 class ExportWrapper:

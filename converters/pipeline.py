@@ -196,6 +196,7 @@ def convert(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ta
         onnx_path = os.path.join(tmp, "model.onnx")
         import onnx
 
+        _onnx_metadata(opt, task, labels, seq_len, batch_size, lowercase, outputs, model, tok, mask_value)
         onnx.save(opt, onnx_path)
         report["stages"].append({"stage": "onnx (optimised)", **m, "ops": op_counts(opt),
                                  "size_mb": _mb(onnx_path), "time_s": round(time.perf_counter() - t, 2)})
@@ -335,11 +336,11 @@ def _tflite_stage(prec, fn, task, calib_feeds, held_feeds, ref, mask, target, tm
 
 
 def _default_model(models: dict) -> str:
-    """The fastest-to-expect precision that met its target, else fp32."""
-    for prec in ("int8", "dynamic-int8", "fp16", "fp32", "int16x8"):
-        if prec in models and models[prec].get("meets_target"):
-            return prec
-    return next(iter(models))
+    """The fastest model (measured here) that meets its accuracy target; fp32 when none does."""
+    ok = [p for p, e in models.items() if e.get("meets_target") and e.get("latency_ms_median_2threads")]
+    if ok:
+        return min(ok, key=lambda p: models[p]["latency_ms_median_2threads"])
+    return "fp32" if "fp32" in models else next(iter(models))
 
 
 def _finish_bundle(tmp, models, task, tok, vocab_path, labels, metadata, ckpt, include_checkpoint) -> dict:
@@ -405,6 +406,20 @@ def _manifest(task, labels, seq_len, batch, lowercase, outputs, models, default,
             continue
         m["files"][name] = None
     return m
+
+
+def _onnx_metadata(onnx_model, task, labels, seq_len, batch, lowercase, outputs, model, tok, mask_value) -> None:
+    """The bundle facts and the vocabulary inside model.onnx, so the file alone can be served."""
+    facts = {"task": task, "labels": labels if task == "classification" else None, "max_seq_length": seq_len,
+             "batch_size": batch, "lowercase": lowercase, "outputs": list(outputs),
+             "attention_mask_value": mask_value}
+    if task == "embedding":
+        facts["embedding"] = {"pooling": model.pooling, "normalized": bool(model.normalize)}
+    vocab = "".join(t + "\n" for t, _ in sorted(tok.vocab.items(), key=lambda kv: kv[1]))
+    del onnx_model.metadata_props[:]
+    for k, v in (("mobilebert_mobile.bundle", json.dumps(facts)), ("mobilebert_mobile.vocab", vocab)):
+        p = onnx_model.metadata_props.add()
+        p.key, p.value = k, v
 
 
 def _write_json(path: str, obj) -> None:

@@ -6,7 +6,11 @@ TF's MLIR quantizer and a denylist, as often as needed:
 1. Attention's BATCH_MATMUL and SOFTMAX stay float by default: XNNPACK has no int8 kernels for
    them, so quantizing them splits the graph into many delegate partitions and runs slower (they
    are ~4% of the MACs).
-2. If the quantized model misses its accuracy target, parts fall back to float one by one, most
+2. Op by op: if the model misses its accuracy target, quantize only the matmuls (FULLY_CONNECTED)
+   and keep every other computing op type (norms, GELU, residual adds, ...) float; if that meets
+   the target, put op types back to int8 one at a time while the target
+   holds.
+3. Layer by layer: if even that misses, parts fall back to float one by one, most
    sensitive first, until the target is met. The parts are the embeddings, each encoder layer and
    the head; a part's sensitivity is the accuracy lost when only that part is quantized.
 
@@ -22,6 +26,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 DEFAULT_FLOAT_OPS = ("BATCH_MATMUL", "SOFTMAX")
+# Ops that only move data: never worth keeping float on their own.
+LAYOUT_OPS = {"RESHAPE", "TRANSPOSE", "SLICE", "STRIDED_SLICE", "CONCATENATION", "GATHER", "PAD", "SQUEEZE",
+              "QUANTIZE", "DEQUANTIZE", "CAST", "SPLIT", "SPLIT_V", "EXPAND_DIMS"}
 
 
 @dataclass
@@ -82,6 +89,39 @@ def layer_nodes(model_bytes: bytes) -> dict[str, list[str]]:
     return out
 
 
+def op_types(model_bytes: bytes) -> set[str]:
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from .tflite import _builtin_names
+
+    m = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+    names = _builtin_names()
+    return {names.get(max(c.builtinCode, c.deprecatedBuiltinCode), "") for c in m.operatorCodes}
+
+
+def _op_level(calibrated, evaluate, target, base_ops, steps, say) -> QuantResult | None:
+    candidates = sorted(op_types(calibrated) - LAYOUT_OPS - {"FULLY_CONNECTED"} - set(base_ops))
+    if not candidates:
+        return None
+    floats = base_ops + candidates
+    say(f"keeping {', '.join(candidates)} in float (matmuls int8)")
+    model = quantize_calibrated(calibrated, float_ops=floats)
+    score = evaluate(model)
+    steps.append({"float_ops": list(floats), "score": score})
+    best = QuantResult(model, score, score >= target, list(floats), [], steps)
+    if not best.meets_target:
+        return best
+    for op in candidates:  # put op types back to int8 while the target holds
+        trial = [o for o in best.float_ops if o != op]
+        m = quantize_calibrated(calibrated, float_ops=trial)
+        sc = evaluate(m)
+        steps.append({"float_ops": list(trial), "score": sc})
+        if sc >= target:
+            say(f"{op} back to int8 ({sc:.4f})")
+            best = QuantResult(m, sc, True, trial, [], steps)
+    return best
+
+
 def _group_order(name: str) -> tuple:
     return (0, 0) if name == "embeddings" else (2, 0) if name == "head" else (1, int(name.split("_")[1]))
 
@@ -97,6 +137,11 @@ def quantize_with_fallback(calibrated: bytes, evaluate: Callable[[bytes], float]
     res = QuantResult(model, score, score >= target, list(float_ops), [], steps)
     if res.meets_target:
         return res
+    op_res = _op_level(calibrated, evaluate, target, list(float_ops), steps, say)
+    if op_res is not None and op_res.meets_target:
+        return op_res
+    if op_res is not None:
+        float_ops = op_res.float_ops
     groups = layer_nodes(calibrated)  # layer_N, embeddings, head
     if not groups:
         return res

@@ -13,6 +13,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "Tokenizer": ("mobilebert_mobile.tokenizer", "Tokenizer"),
     "TokenizerError": ("mobilebert_mobile.tokenizer", "TokenizerError"),
+    "Predictor": ("mobilebert_mobile.runtime", "Predictor"),
+    "PredictorError": ("mobilebert_mobile.runtime", "PredictorError"),
 }
 
 __all__ = ["PRESETS", "ConfigError", "MobileBertConfig", "__version__", *_LAZY]

@@ -48,6 +48,25 @@ class Encoding:
         return int(self.input_ids.shape[0])
 
 
+def read_vocab_text(text: str, where: str = "<vocabulary>") -> dict[str, int]:
+    """Parse vocab.txt content: one token per line, the line number is the id."""
+    tokens = text.split("\n")
+    if tokens and tokens[-1] == "":
+        tokens.pop()
+    vocab: dict[str, int] = {}
+    for i, tok in enumerate(tokens):
+        tok = tok.rstrip("\r")
+        if tok in vocab:
+            raise TokenizerError(f"vocabulary {where} repeats token {tok!r} (lines {vocab[tok] + 1} and {i + 1})")
+        vocab[tok] = i
+    if not vocab:
+        raise TokenizerError(f"vocabulary {where} is empty")
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        raise TokenizerError(f"vocabulary {where} lacks the BERT special tokens {', '.join(missing)}")
+    return vocab
+
+
 def read_vocab(path: str | os.PathLike) -> dict[str, int]:
     """``vocab.txt``: one token per line, the line number is the id."""
     p = os.fspath(path)
@@ -60,21 +79,7 @@ def read_vocab(path: str | os.PathLike) -> dict[str, int]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise TokenizerError(f"vocabulary {p} is not UTF-8 text") from None
-    tokens = text.split("\n")
-    if tokens and tokens[-1] == "":
-        tokens.pop()
-    vocab: dict[str, int] = {}
-    for i, tok in enumerate(tokens):
-        tok = tok.rstrip("\r")
-        if tok in vocab:
-            raise TokenizerError(f"vocabulary {p} repeats token {tok!r} (lines {vocab[tok] + 1} and {i + 1})")
-        vocab[tok] = i
-    if not vocab:
-        raise TokenizerError(f"vocabulary {p} is empty")
-    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
-    if missing:
-        raise TokenizerError(f"vocabulary {p} lacks the BERT special tokens {', '.join(missing)}")
-    return vocab
+    return read_vocab_text(text, p)
 
 
 class Tokenizer:

@@ -259,6 +259,8 @@ def test_fallback_walks_parts_until_the_target(tmp_path):
     fb = s["fallback"]
     assert set(fb["sensitivity"]) == {"embeddings", "layer_0", "head"}
     assert sorted(fb["float_layers"]) == ["embeddings", "head", "layer_0"]  # every part tried, in order
-    assert len(fb["steps"]) == 4 and not s["meets_target"]
+    # steps: default, op level (matmuls only int8), then one step per part
+    assert len(fb["steps"]) == 5 and not s["meets_target"]
+    assert {"ADD", "MUL"} <= set(fb["float_ops"]) and "FULLY_CONNECTED" not in fb["float_ops"]
     # everything in float: the model now computes what the float model computes
     assert s["max_rel_diff"] < 1e-3

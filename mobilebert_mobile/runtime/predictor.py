@@ -1,0 +1,282 @@
+"""``Predictor``: raw text in, labels / scores / embeddings / answers out, over a converted model.
+
+>>> from mobilebert_mobile import Predictor
+>>> p = Predictor.load("bundle/")                  # LiteRT, the bundle's default precision
+>>> p.predict(["a gorgeous, witty, seductive movie."])
+
+Importing this module and loading with ``backend="litert"`` needs numpy, tokenizers and
+ai-edge-litert only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..bundle import Bundle, BundleError, read_bundle
+from ..tokenizer import Tokenizer, TokenizerError
+from .backends import LiteRTBackend, OnnxRuntimeBackend, PredictorError, TorchBackend
+
+BACKENDS = ("litert", "onnxruntime", "torch")
+
+
+@dataclass
+class _Meta:
+    task: str
+    labels: list[str]
+    lowercase: bool
+    vocab_path: str | None
+    vocab_text: str | None
+    embedding: dict
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+class Predictor:
+    def __init__(self, backend, tokenizer: Tokenizer, meta: _Meta, source: str):
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.task = meta.task
+        self.labels = meta.labels
+        self.meta = meta
+        self.source = source
+        self.max_seq_length = backend.seq_len
+        self.batch_size = backend.batch
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: str | os.PathLike, backend: str = "litert", num_threads: int | None = None, *,
+             use_xnnpack: bool = True, model: str | None = None) -> "Predictor":
+        """Load a bundle directory, or a single .tflite (MediaPipe metadata) or .onnx (our metadata)."""
+        if backend not in BACKENDS:
+            raise PredictorError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            raise PredictorError(f"num_threads must be a positive integer, got {num_threads!r}")
+        p = os.fspath(path)
+        if os.path.isdir(p):
+            return cls._from_bundle(read_bundle(p), backend, num_threads, use_xnnpack, model)
+        if not os.path.isfile(p):
+            raise PredictorError(f"no model at {p}")
+        if p.endswith(".tflite"):
+            if backend != "litert":
+                raise PredictorError(f"a .tflite file runs with backend='litert', not {backend!r}")
+            meta = _tflite_meta(p)
+            be = LiteRTBackend(p, num_threads, use_xnnpack)
+        elif p.endswith(".onnx"):
+            if backend != "onnxruntime":
+                raise PredictorError(f"a .onnx file runs with backend='onnxruntime', not {backend!r}")
+            meta = _onnx_meta(p)
+            be = OnnxRuntimeBackend(p, num_threads)
+        else:
+            raise PredictorError(f"{p}: expected a bundle directory, a .tflite or a .onnx file")
+        return cls(be, _tokenizer(meta, be.seq_len), meta, p)
+
+    @classmethod
+    def _from_bundle(cls, b: Bundle, backend: str, num_threads, use_xnnpack, model) -> "Predictor":
+        meta = _Meta(b.task, b.labels, b.lowercase, b.path("vocab.txt"), None, b.manifest.get("embedding") or {})
+        if backend == "litert":
+            path = b.model_path(model)
+            if not path.endswith(".tflite"):
+                raise PredictorError(f"{model!r} is not a .tflite model of this bundle; choose one of "
+                                     f"{', '.join(b.tflite_models())}")
+            be = LiteRTBackend(path, num_threads, use_xnnpack)
+        elif backend == "onnxruntime":
+            be = OnnxRuntimeBackend(b.model_path(model or "onnx"), num_threads)
+        else:
+            ck = b.path("checkpoint")
+            if not os.path.isdir(ck):
+                raise PredictorError(f"bundle {b.root} has no checkpoint/ (converted with --no-checkpoint): "
+                                     "backend='torch' needs it")
+            be = TorchBackend(ck, b.task, b.output_names, b.batch_size, b.max_seq_length,
+                              b.manifest.get("attention_mask_value"), num_threads)
+        missing = [o for o in b.output_names if o not in be.output_names]
+        if missing:
+            raise PredictorError(f"model outputs {be.output_names} lack {missing} named in bundle.json")
+        return cls(be, _tokenizer(meta, be.seq_len), meta, b.root)
+
+    # --------------------------------------------------------------- running
+    def _check_texts(self, texts, what: str = "texts") -> list:
+        if isinstance(texts, (str, tuple)):
+            texts = [texts]
+        if isinstance(texts, (bytes, bytearray)):
+            raise PredictorError(f"{what} are bytes; decode them to str first")
+        if texts is None or not hasattr(texts, "__len__"):
+            raise PredictorError(f"{what} must be a str or a list of str, got {type(texts).__name__}")
+        texts = list(texts)
+        if not texts:
+            raise PredictorError(f"no {what} given (empty list)")
+        for i, t in enumerate(texts):
+            items = t if isinstance(t, tuple) else (t,)
+            for x in items:
+                if isinstance(x, (bytes, bytearray)):
+                    raise PredictorError(f"text {i} is bytes; decode it to str first")
+                if not isinstance(x, str):
+                    raise PredictorError(f"text {i} must be a str, got {type(x).__name__}")
+            if not any(x.strip() for x in items):
+                warnings.warn(f"text {i} is empty or whitespace-only: it is encoded as [CLS] [SEP]", stacklevel=3)
+        return texts
+
+    def _encode(self, texts: list):
+        try:
+            if texts and isinstance(texts[0], tuple):
+                if not all(isinstance(t, tuple) and len(t) == 2 for t in texts):
+                    raise PredictorError("mix of single texts and pairs; give all as (text, text_pair) tuples")
+                enc = self.tokenizer([t[0] for t in texts], [t[1] for t in texts])
+            else:
+                enc = self.tokenizer(texts)
+        except TokenizerError as e:
+            raise PredictorError(str(e)) from None
+        cut = np.flatnonzero(enc.truncated)
+        if cut.size:
+            warnings.warn(f"{cut.size} text(s) truncated to {self.max_seq_length} tokens (indices "
+                          f"{cut[:10].tolist()}{'...' if cut.size > 10 else ''})", stacklevel=3)
+        return enc
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Any number of rows through the model's fixed batch (the last chunk padded)."""
+        n, b = feeds["input_ids"].shape[0], self.batch_size
+        outs: dict[str, list] = {}
+        for s in range(0, n, b):
+            chunk = {k: np.ascontiguousarray(v[s:s + b], dtype=np.int32) for k, v in feeds.items()}
+            got = chunk["input_ids"].shape[0]
+            if got < b:
+                chunk = {k: np.concatenate([v, np.repeat(v[-1:], b - got, 0)]) for k, v in chunk.items()}
+            for k, v in self.backend.run(chunk).items():
+                outs.setdefault(k, []).append(np.asarray(v)[:got])
+        return {k: np.concatenate(v) for k, v in outs.items()}
+
+    def _need(self, *tasks: str) -> None:
+        if self.task not in tasks:
+            raise PredictorError(f"this is a {self.task} model; the method needs a {' or '.join(tasks)} model")
+
+    # --------------------------------------------------------------- methods
+    def logits(self, texts) -> dict[str, np.ndarray]:
+        """Raw model outputs for texts (or (text, pair) tuples)."""
+        return self._run(self._encode(self._check_texts(texts)).model_inputs())
+
+    def predict(self, texts, top_k: int | None = None) -> list[dict]:
+        """Classify texts or (text, pair) tuples: label, score, all scores, and the top-k labels."""
+        self._need("classification")
+        out = self.logits(texts)
+        probs = out["probabilities"] if "probabilities" in out else _softmax(out["logits"])
+        k = len(self.labels) if top_k is None else max(1, min(int(top_k), len(self.labels)))
+        res = []
+        for row in probs:
+            order = np.argsort(-row, kind="stable")
+            res.append({"label": self.labels[order[0]], "score": float(row[order[0]]),
+                        "scores": {lab: float(p) for lab, p in zip(self.labels, row)},
+                        "top_k": [{"label": self.labels[i], "score": float(row[i])} for i in order[:k]]})
+        return res
+
+    def embed(self, texts, normalize: bool = False) -> np.ndarray:
+        """Sentence embeddings [N, H] (L2-normalised when ``normalize``)."""
+        self._need("embedding")
+        e = self.logits(texts)["embedding"].astype(np.float32)
+        if normalize:
+            e = e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+        return e
+
+    def answer(self, question: str, context: str, *, top_k: int = 1, max_answer_len: int = 30,
+               stride: int = 32) -> dict | list[dict]:
+        """Extractive QA: the best span of ``context``, with character offsets. Contexts longer than the
+        sequence are covered by overlapping windows (``stride`` tokens of overlap), not truncated."""
+        self._need("qa")
+        self._check_texts([(question, context)], "question/context")
+        if not question.strip() or not context.strip():
+            raise PredictorError("question and context must both be non-empty")
+        try:
+            enc = self.tokenizer([question], [context], truncation="only_second", stride=stride,
+                                 return_overflowing=True)
+        except TokenizerError as e:
+            raise PredictorError(f"cannot fit the question into {self.max_seq_length} tokens: {e}") from None
+        out = self._run(enc.model_inputs())
+        cands = []
+        for r in range(len(enc)):
+            seq = enc.sequence_ids[r]
+            ctx = [i for i, s in enumerate(seq) if s == 1]
+            if not ctx:
+                continue
+            s_log, e_log = out["start_logits"][r], out["end_logits"][r]
+            ps, pe = _softmax(s_log[ctx]), _softmax(e_log[ctx])
+            for a, i in enumerate(ctx):
+                for bb in range(a, min(len(ctx), a + max_answer_len)):
+                    j = ctx[bb]
+                    cands.append((float(ps[a] * pe[bb]), enc.offsets[r][i][0], enc.offsets[r][j][1]))
+        if not cands:
+            raise PredictorError("the context produced no tokens to answer from")
+        cands.sort(key=lambda c: -c[0])
+        seen, best = set(), []
+        for score, s, e in cands:
+            if (s, e) in seen:
+                continue
+            seen.add((s, e))
+            best.append({"answer": context[s:e], "score": score, "start": s, "end": e})
+            if len(best) >= top_k:
+                break
+        return best[0] if top_k == 1 else best
+
+    def fill_mask(self, text: str, top_k: int = 5) -> list[dict]:
+        """Top-k tokens for the first ``[MASK]`` in ``text``."""
+        self._need("mlm")
+        self._check_texts([text])
+        enc = self._encode([text])
+        pos = np.flatnonzero(enc.input_ids[0] == self.tokenizer.mask_id)
+        if pos.size == 0:
+            raise PredictorError("the text has no [MASK] token")
+        logits = self._run(enc.model_inputs())["mlm_logits"][0, pos[0]]
+        probs = _softmax(logits.astype(np.float64))
+        top = np.argsort(-probs)[:top_k]
+        res = []
+        for t in top:
+            token = self.tokenizer.convert_ids_to_tokens([int(t)])[0]
+            res.append({"token": token, "token_id": int(t), "score": float(probs[t]),
+                        "sequence": text.replace("[MASK]", token, 1)})
+        return res
+
+
+# ------------------------------------------------------------------ metadata of single files
+def _tokenizer(meta: _Meta, seq_len: int) -> Tokenizer:
+    if meta.vocab_path:
+        return Tokenizer.from_file(meta.vocab_path, lowercase=meta.lowercase, max_length=seq_len)
+    from ..tokenizer import read_vocab_text
+
+    return Tokenizer.from_vocab(read_vocab_text(meta.vocab_text), lowercase=meta.lowercase, max_length=seq_len)
+
+
+def _tflite_meta(path: str) -> _Meta:
+    """Vocab and labels from the MediaPipe associated files (a zip appended to the model)."""
+    try:
+        z = zipfile.ZipFile(path)
+        names = z.namelist()
+    except zipfile.BadZipFile:
+        raise PredictorError(f"{path} carries no metadata (no vocabulary attached): load its bundle "
+                             "directory, or convert with metadata") from None
+    vocab = next((n for n in names if n.endswith("vocab.txt")), None)
+    if vocab is None:
+        raise PredictorError(f"{path}: the metadata has no vocab.txt")
+    labels_name = next((n for n in names if n.endswith("labels.txt")), None)
+    labels = z.read(labels_name).decode("utf-8").split() if labels_name else []
+    task = "classification" if labels else "embedding"
+    return _Meta(task, labels, True, None, z.read(vocab).decode("utf-8"), {})
+
+
+def _onnx_meta(path: str) -> _Meta:
+    import onnx
+
+    m = onnx.load(path, load_external_data=False)
+    props = {p.key: p.value for p in m.metadata_props}
+    if "mobilebert_mobile.bundle" not in props or "mobilebert_mobile.vocab" not in props:
+        raise PredictorError(f"{path} carries no mobilebert-mobile metadata: load its bundle directory")
+    b = json.loads(props["mobilebert_mobile.bundle"])
+    return _Meta(b["task"], list(b.get("labels") or []), bool(b.get("lowercase", True)), None,
+                 props["mobilebert_mobile.vocab"], b.get("embedding") or {})
+
+
+__all__ = ["Predictor", "PredictorError", "BundleError", "BACKENDS"]
