@@ -122,6 +122,10 @@ class Tokenizer:
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
         backend.decoder = decoders.WordPiece(prefix="##")
+        # matched before normalisation, as BertTokenizerFast does: "[MASK]" in a text stays one token
+        from tokenizers import AddedToken
+
+        backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
         return cls(backend, lowercase=lowercase, max_length=max_length)
 
     @classmethod

@@ -11,6 +11,7 @@ HARD = [
     "ctrl\x00\x01\x7f\u200b chars\t\n\r end", "x" * 150 + " long word over 100 chars", "", "   \t\n ",
     "word " * 400, "\ufeffbyte order mark", "I'm 'quoted' \"double\" … ellipsis ¿qué?", "don't-stop co-op U.S.A.",
     "ﬁ ligature ＦＵＬＬＷＩＤＴＨ ①②", "e\u0301 combining accent", "a" * 99 + " " + "b" * 101,
+    "the movie was [MASK] . [SEP] [CLS][UNK]",
 ]
 
 
