@@ -476,13 +476,6 @@ def run_onnx(model, feeds: dict[str, np.ndarray], threads: int = 2) -> dict[str,
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     batch = sess.get_inputs()[0].shape[0]
-    n = next(iter(feeds.values())).shape[0]
-    outs: dict[str, list] = {k: [] for k in names}
-    for s in range(0, n, batch):
-        chunk = {k: v[s:s + batch] for k, v in feeds.items()}
-        got = chunk[next(iter(chunk))].shape[0]
-        if got < batch:  # pad the last chunk to the fixed batch
-            chunk = {k: np.concatenate([v, np.repeat(v[-1:], batch - got, 0)]) for k, v in chunk.items()}
-        for k, v in zip(names, sess.run(names, chunk)):
-            outs[k].append(v[:got])
-    return {k: np.concatenate(v) for k, v in outs.items()}
+    from mobilebert_mobile._batching import run_in_fixed_batches
+
+    return run_in_fixed_batches(lambda c: dict(zip(names, sess.run(names, c))), feeds, batch)

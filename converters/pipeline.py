@@ -278,16 +278,10 @@ def _check_output_dir(out: str) -> None:
 
 
 def _run_tf(fn, feeds: dict, batch: int) -> dict:
-    n = feeds["input_ids"].shape[0]
-    out: dict = {}
-    for s in range(0, n, batch):
-        chunk = {k: feeds[k][s:s + batch] for k in INPUT_NAMES}
-        got = chunk["input_ids"].shape[0]
-        if got < batch:
-            chunk = {k: np.concatenate([v, np.repeat(v[-1:], batch - got, 0)]) for k, v in chunk.items()}
-        for k, v in fn(**chunk).items():
-            out.setdefault(k, []).append(v.numpy()[:got])
-    return {k: np.concatenate(v) for k, v in out.items()}
+    from mobilebert_mobile._batching import run_in_fixed_batches
+
+    return run_in_fixed_batches(lambda c: {k: v.numpy() for k, v in fn(**c).items()},
+                                {k: feeds[k] for k in INPUT_NAMES}, batch)
 
 
 def _tflite_stage(prec, fn, task, calib_feeds, held_feeds, ref, mask, target, tmp, pr) -> dict:

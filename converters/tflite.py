@@ -174,17 +174,9 @@ def run_tflite(path: str, feeds: dict[str, np.ndarray], threads: int = 2) -> dic
     runner = interp.get_signature_runner("serving_default")
     in_details = runner.get_input_details()
     batch = in_details["input_ids"]["shape"][0]
-    n = feeds["input_ids"].shape[0]
-    out: dict[str, list] = collections.defaultdict(list)
-    for s in range(0, n, batch):
-        chunk = {k: feeds[k][s:s + batch] for k in INPUT_NAMES}
-        got = chunk["input_ids"].shape[0]
-        if got < batch:
-            chunk = {k: np.concatenate([v, np.repeat(v[-1:], batch - got, 0)]) for k, v in chunk.items()}
-        res = runner(**{k: v.astype(np.int32) for k, v in chunk.items()})
-        for k, v in res.items():
-            out[k].append(np.asarray(v)[:got])
-    return {k: np.concatenate(v) for k, v in out.items()}
+    from mobilebert_mobile._batching import run_in_fixed_batches
+
+    return run_in_fixed_batches(lambda c: runner(**c), {k: feeds[k].astype(np.int32) for k in INPUT_NAMES}, batch)
 
 
 def delegation(interp) -> dict:

@@ -92,7 +92,8 @@ def cmd_demo(args) -> int:
     say = (lambda *a: None) if args.json else print
 
     t0 = time.perf_counter()
-    cfg = MobileBertConfig.from_preset(args.preset).with_labels(["negative", "positive"])
+    overrides = {"num_hidden_layers": args.layers} if args.layers else {}
+    cfg = MobileBertConfig.from_preset(args.preset, **overrides).with_labels(["negative", "positive"])
     model = MobileBertForSequenceClassification(cfg).eval()
     report["build_s"] = round(time.perf_counter() - t0, 3)
     report["parameters"] = model.num_parameters()
@@ -101,7 +102,7 @@ def cmd_demo(args) -> int:
         f"({report['backbone_parameters'] / 1e6:.2f}M backbone) in {report['build_s']:.1f}s "
         f"[random weights: a trained default model arrives with the distillation stage]")
 
-    out_dir = args.out or assets.cache_dir("demo", args.preset)
+    out_dir = args.out or assets.cache_dir("demo", args.preset + (f"-{args.layers}l" if args.layers else ""))
     t0 = time.perf_counter()
     model.save_pretrained(out_dir)
     report["checkpoint"] = out_dir
@@ -136,9 +137,51 @@ def cmd_demo(args) -> int:
     if diff != 0.0:
         print(f"error: reloaded model differs from the saved one by {diff}", file=sys.stderr)
         return 1
+    if not args.skip_convert:
+        report.update(_demo_convert_and_predict(out_dir, sentences, probs, cfg, args, say))
     if args.json:
         _print_json(report)
     return 0
+
+
+def _demo_convert_and_predict(ckpt: str, sentences, torch_probs, cfg, args, say) -> dict:
+    """Convert the checkpoint (verified), then classify the same sentences through the Predictor."""
+    import numpy as np
+
+    from .converters import convert
+    from .runtime import Predictor
+
+    bundle = ckpt.rstrip("/") + "-bundle"
+    t0 = time.perf_counter()
+    if not os.path.isfile(os.path.join(bundle, "bundle.json")):
+        say(f"converting to TFLite fp32 + int8 (verified stage by stage) into {bundle} ...")
+        convert(ckpt, bundle, precisions=("fp32", "dynamic-int8", "int8"), seq_len=args.seq_len,
+                calibration_size=48, heldout_size=48, quiet=args.json)
+    else:
+        say(f"using the converted bundle {bundle} (delete it to convert again)")
+    with open(os.path.join(bundle, "report.json"), encoding="utf-8") as fh:
+        rep = json.load(fh)
+    out: dict = {"bundle": bundle, "convert_s": round(time.perf_counter() - t0, 1), "tflite": {}}
+    for st in rep["stages"]:
+        if st["stage"].startswith("tflite"):
+            out["tflite"][st["precision"]] = {
+                "size_mb": st["size_mb"], "max_abs_diff_vs_torch": st["max_abs_diff"],
+                "label_agreement": st.get("label_agreement"), "xnnpack_partitions": st["xnnpack"].get("partitions"),
+                "latency_ms_2threads": st["latency_ms_median_2threads"]}
+            say(f"  {st['precision']:>12}: {st['size_mb']:6.1f} MB, max |diff| vs PyTorch {st['max_abs_diff']:.2g}, "
+                f"label agreement {st.get('label_agreement', 0):.3f}, {st['xnnpack'].get('partitions')} XNNPACK "
+                f"partition(s), {st['latency_ms_median_2threads']:.1f} ms median (2 threads)")
+    p = Predictor.load(bundle)
+    res = p.predict(sentences)
+    agree = float(np.mean([r["label"] == cfg.label_names[int(q.argmax())] for r, q in zip(res, torch_probs)]))
+    with open(os.path.join(bundle, "bundle.json"), encoding="utf-8") as fh:
+        default = json.load(fh)["default_model"]
+    out["predictor"] = {"default_model": default, "agreement_with_pytorch": agree}
+    say(f"Predictor.load('{bundle}') [{out['predictor']['default_model']}] on the same sentences: "
+        f"{agree:.0%} same labels as PyTorch")
+    for s, r in zip(sentences, res):
+        say(f"  {r['label']:>8} {r['score']:.3f}  {s[:70]}")
+    return out
 
 
 # ---------------------------------------------------------------------------- parser
@@ -148,13 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    s = sub.add_parser("demo", help="build a MobileBERT, save, reload and run it on real sentences")
+    s = sub.add_parser("demo", help="build a MobileBERT, save/reload it, convert it, predict on real sentences")
     s.add_argument("--preset", default="mobilebert", help="model preset (default: mobilebert)")
     s.add_argument("--out", help="checkpoint directory (default: the cache)")
+    s.add_argument("--layers", type=int, help="override the preset's layer count")
     s.add_argument("--sentences", type=int, default=6)
     s.add_argument("--seq-len", type=int, default=128)
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--skip-convert", action="store_true", help="stop after the PyTorch round trip")
     s.add_argument("--json", action="store_true", help="print a JSON report")
     s.set_defaults(func=cmd_demo)
 

@@ -41,7 +41,8 @@ def test_cli_help_and_subcommand_help():
 
 
 def test_cli_demo_json(tmp_path):
-    out = _cli("demo", "--preset", "mobilebert-tiny", "--sentences", "2", "--out", str(tmp_path), "--json")
+    out = _cli("demo", "--preset", "mobilebert-tiny", "--sentences", "2", "--out", str(tmp_path), "--json",
+               "--skip-convert")
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)
     assert rep["reload_max_abs_diff"] == 0.0 and len(rep["predictions"]) == 2
@@ -56,6 +57,17 @@ def test_cli_errors_are_clear(tmp_path):
     assert out.returncode == 2 and "unknown preset 'nope'" in out.stderr and "Traceback" not in out.stderr
     out = _cli("info", str(tmp_path))
     assert out.returncode == 2 and "no config.json" in out.stderr
+
+
+def test_cli_demo_converts_and_predicts(tmp_path):
+    out = _cli("demo", "--preset", "mobilebert-tiny", "--layers", "2", "--sentences", "4", "--seq-len", "32", "--out",
+               str(tmp_path / "ck"), "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rep = json.loads(out.stdout)
+    assert set(rep["tflite"]) == {"fp32", "dynamic-int8", "int8"}
+    assert rep["tflite"]["fp32"]["max_abs_diff_vs_torch"] < 1e-4
+    assert rep["predictor"]["agreement_with_pytorch"] >= 0.75
+    assert os.path.isfile(tmp_path / "ck-bundle" / "bundle.json")
 
 
 def test_cli_tokenize():

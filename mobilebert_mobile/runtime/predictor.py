@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._batching import run_in_fixed_batches
 from ..bundle import Bundle, BundleError, read_bundle
 from ..tokenizer import Tokenizer, TokenizerError
 from .backends import LiteRTBackend, OnnxRuntimeBackend, PredictorError, TorchBackend
@@ -141,16 +142,8 @@ class Predictor:
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Any number of rows through the model's fixed batch (the last chunk padded)."""
-        n, b = feeds["input_ids"].shape[0], self.batch_size
-        outs: dict[str, list] = {}
-        for s in range(0, n, b):
-            chunk = {k: np.ascontiguousarray(v[s:s + b], dtype=np.int32) for k, v in feeds.items()}
-            got = chunk["input_ids"].shape[0]
-            if got < b:
-                chunk = {k: np.concatenate([v, np.repeat(v[-1:], b - got, 0)]) for k, v in chunk.items()}
-            for k, v in self.backend.run(chunk).items():
-                outs.setdefault(k, []).append(np.asarray(v)[:got])
-        return {k: np.concatenate(v) for k, v in outs.items()}
+        feeds = {k: np.ascontiguousarray(v, dtype=np.int32) for k, v in feeds.items()}
+        return run_in_fixed_batches(self.backend.run, feeds, self.batch_size)
 
     def _need(self, *tasks: str) -> None:
         if self.task not in tasks:
