@@ -212,7 +212,8 @@ def markdown(res: dict) -> str:
                 f"{r['fidelity']['label_agreement']:.3f} |")
         lines.append("")
     if res.get("scaling"):
-        lines += ["## Scaling (our TFLite, 2 threads, median ms)", "", "| shape | " +
+        lines += ["## Scaling (our TFLite, 2 threads, median ms)", "",
+                  *([res["scaling"]["note"], ""] if res["scaling"].get("note") else []), "| shape | " +
                   " | ".join(res["scaling"]["precisions"]) + " |", "|---|" + "---|" * len(res["scaling"]["precisions"])]
         for row in res["scaling"]["rows"]:
             lines.append(f"| seq {row['seq_len']} x batch {row['batch']} | " +
@@ -235,7 +236,7 @@ def charts(res: dict, out_dir: str) -> list[str]:
     files = []
     t = str(max(res["threads"]))
     rows = {k: v for k, v in res["variants"][t].items() if v["status"] == "ok"}
-    if rows:
+    if rows and res.get("samples", {}).get(t):  # raw samples exist only in the run that measured them
         names = sorted(rows, key=lambda k: rows[k]["median_ms"])
         fig, ax = plt.subplots(figsize=(9, 0.5 * len(names) + 1.5))
         ax.boxplot([res["samples"][t][n] for n in names], vert=False, tick_labels=names, showfliers=True,
@@ -436,6 +437,28 @@ def _write(out_dir: str, res: dict) -> None:
     charts(res, out_dir)
     slim = {k: v for k, v in res.items() if k != "samples"}
     atomic_write_text(os.path.join(out_dir, "results.json"), json.dumps(slim, indent=2, default=str) + "\n")
+
+
+def rerun_scaling(out_dir: str, *, checkpoint: str | None = None, preset: str = "mobilebert",
+                  layers: int | None = None, seq_lens=(32, 64, 128, 256, 512), batches=(1, 4, 16), runs: int = 30,
+                  log=print) -> dict:
+    """Measure only the scaling again and update results.json / results.md / scaling.png in ``out_dir``."""
+    import json as _json
+
+    path = os.path.join(out_dir, "results.json")
+    if not os.path.isfile(path):
+        raise BenchError(f"no results.json in {out_dir}: run the full suite first")
+    with open(path, encoding="utf-8") as fh:
+        res = _json.load(fh)
+    work = os.path.join(out_dir, "work")
+    os.makedirs(work, exist_ok=True)
+    if checkpoint is None:
+        checkpoint = build_checkpoint(preset, layers, os.path.join(work, "checkpoint"))
+    res["scaling"] = scaling(checkpoint, work, seq_lens, batches, res["seq_len"], ("fp32", "dynamic-int8"), runs,
+                             log)
+    res["scaling"]["note"] = "re-measured on its own (bench-host --scaling-only)"
+    _write(out_dir, res)
+    return res
 
 
 def clean_work(out_dir: str) -> None:

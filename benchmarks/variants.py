@@ -133,17 +133,9 @@ def worker(spec: dict, threads: int, feeds: dict, conn) -> None:
                 ts.append(time.perf_counter() - t)
             conn.send(ts)
         elif cmd == "outputs":
-            rows = arg["input_ids"].shape[0]
-            b = feeds["input_ids"].shape[0]
-            outs: dict = {}
-            for s in range(0, rows, b):
-                chunk = {k: arg[k][s:s + b] for k in INPUTS}
-                got = chunk["input_ids"].shape[0]
-                if got < b:
-                    chunk = {k: np.concatenate([v, np.repeat(v[-1:], b - got, 0)]) for k, v in chunk.items()}
-                for k, v in run(chunk).items():
-                    outs.setdefault(k, []).append(v[:got])
-            conn.send({k: np.concatenate(v) for k, v in outs.items()})
+            from mobilebert_mobile._batching import run_in_fixed_batches
+
+            conn.send(run_in_fixed_batches(run, {k: arg[k] for k in INPUTS}, feeds["input_ids"].shape[0]))
         elif cmd == "rss":
             conn.send(peak_rss_bytes())
         else:
