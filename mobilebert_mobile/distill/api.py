@@ -1,0 +1,234 @@
+"""``distill(...)``, ``finetune(...)`` and ``evaluate(...)``: files in, checkpoints out."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import torch
+
+from .._io import atomic_write_text
+from ..config import MobileBertConfig
+from ..modeling import (MobileBertForPreTraining, MobileBertForQuestionAnswering,
+                        MobileBertForSequenceClassification)
+from ..modeling.loading import load_task_model
+from ..tokenizer import Tokenizer
+from .data import Batches, DataError, encode_corpus, encode_labelled, encode_qa, read_labelled, read_qa
+from .tasks import DistillTask, FinetuneTask
+from .teachers import DistillError, copy_from_teacher, load_teacher, matching_student_config
+from .trainer import TrainConfig, dist_info, train
+
+
+def _tokenizer_for(source: str | None, seq_len: int) -> tuple[Tokenizer, str]:
+    from .. import assets
+
+    vocab = None
+    if source and os.path.isdir(source):
+        for name in ("vocab.txt",):
+            if os.path.isfile(os.path.join(source, name)):
+                vocab = os.path.join(source, name)
+    vocab = vocab or assets.vocab_path()
+    return Tokenizer.from_file(vocab, max_length=seq_len), vocab
+
+
+def _save(model, out_dir: str, vocab: str, extra: dict | None = None) -> str:
+    final = os.path.join(out_dir, "model")
+    if dist_info()[0] != 0:
+        return final
+    model.save_pretrained(final)
+    tmp = os.path.join(final, "vocab.txt.tmp")
+    shutil.copyfile(vocab, tmp)
+    os.replace(tmp, os.path.join(final, "vocab.txt"))
+    if extra:
+        atomic_write_text(os.path.join(final, "training.json"), json.dumps(extra, indent=2))
+    return final
+
+
+def distill(teacher: str, corpus: list[str], out_dir: str, *, strategy: str = "progressive", steps: int = 1000,
+            student: MobileBertConfig | str | None = None, seq_len: int = 128, batch_size: int = 32,
+            lr: float = 1e-3, optimizer: str = "lamb", mapping: bool = False, copy_embeddings: bool = True,
+            resume: bool = False, save_every: int = 0, seed: int = 0, max_seconds: float | None = None,
+            progress: bool = True, **task_options) -> dict:
+    """Distill ``teacher`` (checkpoint dir or preset) into a student on ``corpus`` texts.
+
+    ``student``: a config, a preset name, a checkpoint directory to continue from, or None for
+    :func:`matching_student_config`. Writes ``out_dir/model`` (MobileBertForPreTraining layout),
+    ``out_dir/state.pt`` (resumable) and ``out_dir/metrics.jsonl``.
+    """
+    t = load_teacher(teacher)
+    if student is None:
+        scfg = matching_student_config(t.config)
+    elif isinstance(student, MobileBertConfig):
+        scfg = student
+    elif os.path.isdir(student):
+        scfg = MobileBertConfig.from_json(student)
+    else:
+        scfg = MobileBertConfig.from_preset(student)
+    torch.manual_seed(seed)
+    model = MobileBertForPreTraining(scfg)
+    if isinstance(student, str) and os.path.isdir(student):
+        from ..modeling.checkpoint import read_state_dict
+        model.load_checkpoint_tensors(read_state_dict(student), strict=False, where=student)
+    copied = copy_from_teacher(model, t) if copy_embeddings and not resume else []
+    tok, vocab = _tokenizer_for(teacher, seq_len)
+    if tok.vocab_size != scfg.vocab_size:
+        raise DistillError(f"the vocabulary has {tok.vocab_size} tokens but the student expects {scfg.vocab_size}")
+    data = encode_corpus(tok, corpus, seq_len)
+    task = DistillTask(t, model, strategy=strategy, steps=steps, seed=seed,
+                       special_ids=(tok.pad_id, tok.vocab.get("[CLS]", 101), tok.vocab.get("[SEP]", 102)),
+                       mask_id=tok.vocab.get("[MASK]", 103), sep_id=tok.vocab.get("[SEP]", 102), **task_options)
+    cfg = TrainConfig(out_dir=out_dir, global_batch=batch_size, lr=lr, optimizer=optimizer, seed=seed,
+                      save_every=save_every, resume=resume, progress=progress, max_seconds=max_seconds)
+    summary = train(task, Batches(data, batch_size, seed), cfg)
+    summary.update(copied=copied, windows=int(data["input_ids"].shape[0]), strategy=strategy,
+                   student_parameters=model.num_parameters(), teacher_parameters=sum(
+                       p.numel() for p in t.model.parameters()),
+                   stages=[s.to_dict() for s in task.stages])
+    summary["model"] = _save(model, out_dir, vocab, {"distill": summary})
+    return summary
+
+
+def finetune(checkpoint: str, train_file: str, out_dir: str, *, task: str = "classification",
+             teacher: str | None = None, steps: int | None = None, epochs: float = 2.0, seq_len: int = 128,
+             batch_size: int = 32, lr: float = 1e-4, optimizer: str = "adamw", alpha: float = 0.5,
+             temperature: float = 2.0, label_names: list[str] | None = None, resume: bool = False,
+             save_every: int = 0, seed: int = 0, progress: bool = True, text_column: str | None = None,
+             pair_column: str | None = None, label_column: str | None = None, data=None,
+             teacher_logits: torch.Tensor | None = None) -> dict:
+    """Fine-tune a checkpoint (any of our family or BERT layout) for classification or QA.
+
+    ``teacher``: a fine-tuned checkpoint of the same task whose logits are distilled (task
+    distillation). ``data``: an already read LabelledData/QAData instead of ``train_file``;
+    ``teacher_logits``: the teacher's [N, C] logits on it, precomputed (see :func:`predict_logits`).
+    """
+    tok, vocab = _tokenizer_for(checkpoint, seq_len)
+    if task == "classification":
+        d = data if data is not None else read_labelled(train_file, text_column=text_column, pair_column=pair_column,
+                                                        label_column=label_column, label_names=label_names)
+        tensors = encode_labelled(tok, d, seq_len)
+        names = d.label_names
+    elif task == "qa":
+        d = data if data is not None else read_qa(train_file)
+        tensors = encode_qa(tok, d, seq_len)
+        names = None
+    else:
+        raise DataError(f"fine-tuning supports tasks classification and qa, not {task!r}")
+    model = _task_model(checkpoint, task, names)
+    tmodel = None
+    if teacher:
+        tmodel, ttask, _ = load_task_model(teacher, task)
+        if task == "classification" and tmodel.config.num_labels != len(names):
+            raise DistillError(f"the teacher has {tmodel.config.num_labels} labels, the data {len(names)}")
+    n = tensors["input_ids"].shape[0]
+    if teacher_logits is not None:
+        if tuple(teacher_logits.shape) != (n, len(names or [])):
+            raise DistillError(f"teacher_logits has shape {tuple(teacher_logits.shape)}, expected ({n}, {len(names)})")
+        tensors["teacher_logits"] = teacher_logits.float()
+    if steps is None:
+        steps = max(1, int(epochs * (n // batch_size)))
+    ft = FinetuneTask(model, task, steps, teacher=tmodel, alpha=alpha, temperature=temperature)
+    cfg = TrainConfig(out_dir=out_dir, global_batch=batch_size, lr=lr, optimizer=optimizer, seed=seed,
+                      save_every=save_every, resume=resume, progress=progress)
+    summary = train(ft, Batches(tensors, batch_size, seed), cfg)
+    summary.update(examples=int(n), labels=names, parameters=model.num_parameters())
+    summary["model"] = _save(model, out_dir, vocab, {"finetune": summary})
+    return summary
+
+
+def _task_model(checkpoint: str, task: str, label_names: list[str] | None):
+    """The checkpoint's backbone under a fresh head of ``task`` (its own head when it has one)."""
+    from ..modeling.bert import bert_config, is_bert_checkpoint, load_bert_into
+    from ..modeling.checkpoint import read_state_dict
+
+    cls = MobileBertForSequenceClassification if task == "classification" else MobileBertForQuestionAnswering
+    over = {}
+    if label_names is not None:
+        over = {"id2label": {i: n for i, n in enumerate(label_names)}}
+    if is_bert_checkpoint(checkpoint):
+        model = cls(bert_config(checkpoint, **over))
+        load_bert_into(model, checkpoint)
+        return model
+    cfg = MobileBertConfig.from_json(checkpoint)
+    cfg = MobileBertConfig.from_dict({**cfg.to_dict(), **over, "architectures": None})
+    model = cls(cfg)
+    found = read_state_dict(checkpoint)
+    own = model.state_dict()
+    usable = {k: v for k, v in found.items() if k in own and own[k].shape == v.shape}
+    model.load_checkpoint_tensors(usable, strict=False, where=checkpoint)
+    return model
+
+
+@torch.no_grad()
+def predict_logits(model_or_dir, texts: list[str], pairs: list[str] | None = None, *, seq_len: int = 128,
+                   batch_size: int = 64) -> torch.Tensor:
+    """[N, C] classifier logits (for task distillation with a fixed teacher)."""
+    if isinstance(model_or_dir, (str, os.PathLike)):
+        model, _, _ = load_task_model(model_or_dir, "classification")
+        tok, _ = _tokenizer_for(os.fspath(model_or_dir), seq_len)
+    else:
+        model, (tok, _) = model_or_dir, _tokenizer_for(None, seq_len)
+    model.eval()
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = tok(texts[i:i + batch_size], None if pairs is None else pairs[i:i + batch_size], max_length=seq_len)
+        x = {k: torch.from_numpy(v.astype("int64")) for k, v in enc.model_inputs().items()}
+        out.append(model(x["input_ids"], x["attention_mask"], x["token_type_ids"]).logits)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def evaluate(model_or_dir, texts: list[str], labels: list[int], *, seq_len: int = 128, batch_size: int = 64,
+             vocab: str | None = None) -> dict:
+    """Accuracy of a classifier (a model or a checkpoint directory) on labelled texts."""
+    if isinstance(model_or_dir, (str, os.PathLike)):
+        model, _, _ = load_task_model(model_or_dir, "classification")
+        tok, _ = _tokenizer_for(os.fspath(model_or_dir), seq_len)
+    else:
+        model = model_or_dir
+        tok, _ = _tokenizer_for(vocab and os.path.dirname(vocab), seq_len)
+    model.eval()
+    preds = []
+    for i in range(0, len(texts), batch_size):
+        enc = tok(texts[i:i + batch_size], max_length=seq_len)
+        x = {k: torch.from_numpy(v.astype("int64")) for k, v in enc.model_inputs().items()}
+        preds += model(x["input_ids"], x["attention_mask"], x["token_type_ids"]).logits.argmax(-1).tolist()
+    correct = sum(int(p == y) for p, y in zip(preds, labels))
+    return {"accuracy": correct / max(1, len(labels)), "n": len(labels), "predictions": preds}
+
+
+@torch.no_grad()
+def layerwise_losses(teacher: str, student_dir: str, texts: list[str], *, seq_len: int = 128,
+                     batch_size: int = 64) -> dict:
+    """Per-layer feature-map and attention-transfer losses of a student against its teacher on
+    ``texts`` (unmasked, held-out): the ablation's comparable measure of layer-wise transfer."""
+    from ..modeling.checkpoint import read_state_dict
+    from . import losses as L
+    from .tasks import encode
+    from .teachers import check_pair
+
+    t = load_teacher(teacher)
+    scfg = MobileBertConfig.from_json(student_dir)
+    student = MobileBertForPreTraining(scfg)
+    student.load_checkpoint_tensors(read_state_dict(student_dir), strict=False, where=student_dir)
+    student.eval()
+    pair = check_pair(t.config, scfg, mapping=True)
+    tok, _ = _tokenizer_for(student_dir, seq_len)
+    n = scfg.num_hidden_layers
+    fm, at, tokens = [0.0] * (n + 1), [0.0] * n, 0.0
+    for i in range(0, len(texts), batch_size):
+        enc = tok(texts[i:i + batch_size], max_length=seq_len)
+        b = {k: torch.from_numpy(v.astype("int64")) for k, v in enc.model_inputs().items()}
+        sh, ss = encode(student.mobilebert, b)
+        th, ts = encode(t.encoder(), b)
+        m = b["attention_mask"]
+        c = float(m.sum())
+        tokens += c
+        if sh[0].shape[-1] == th[0].shape[-1]:
+            fm[0] += float(L.feature_map_loss(sh[0], th[0], m)) * c
+        for l in range(n):
+            tl = pair["layer_map"][l]
+            if sh[l + 1].shape[-1] == th[tl + 1].shape[-1]:
+                fm[l + 1] += float(L.feature_map_loss(sh[l + 1], th[tl + 1], m)) * c
+            if pair["attention"]:
+                at[l] += float(L.attention_transfer_loss(ss[l], ts[tl], m)) * c
+    return {"feature_map": [round(x / tokens, 5) for x in fm], "attention": [round(x / tokens, 5) for x in at]}
