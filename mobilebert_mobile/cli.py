@@ -228,10 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _extensions():
     """Subcommands of later stages register themselves here (their modules import nothing heavy at load)."""
     from . import cli_runtime
+    from .android_harness import cli as android_cli
     from .benchmarks import cli as bench_cli
     from .converters import cli as convert_cli
 
-    return [convert_cli.register, cli_runtime.register, bench_cli.register]
+    return [convert_cli.register, cli_runtime.register, bench_cli.register, android_cli.register]
 
 
 def _version() -> str:

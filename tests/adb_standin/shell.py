@@ -312,6 +312,14 @@ class Shell:
         err(f"Can't find service: {svc}\n".encode())
         return 0  # like the real dumpsys
 
+    def c_touch(self, a, out, err, cancel):
+        for p in a:
+            h = self.device.fs.host(p)
+            os.makedirs(os.path.dirname(h), exist_ok=True)
+            with open(h, "ab"):
+                pass
+        return 0
+
     def c_cd(self, a, out, err, cancel):
         return 0
 
