@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 from .._io import atomic_write_text, sha256_file
 from . import binary as binmod
-from .adb import Adb, DeviceError, sh_join
+from .adb import Adb, AdbError, DeviceError, sh_join
 from .devices import cpu_state, device_facts, free_kb, thermal_state
 from .model_info import ModelFormatError, bert_value_ranges, tflite_inputs
 from .parse import ParseError, parse_output
@@ -316,7 +316,7 @@ class DeviceRun:
         from tqdm import tqdm
 
         bar = tqdm(total=round(o.cooldown_timeout, 1), desc=f"{self.serial} cooling", unit="s",
-                   position=self.position, leave=False, disable=not o.progress, file=sys.stderr)
+                   position=self.position, leave=False, disable=True if not o.progress else None, file=sys.stderr)
         try:
             while True:
                 el = time.monotonic() - t0
@@ -364,6 +364,18 @@ class DeviceRun:
             err = (f"benchmark_model did not finish within {o.run_timeout:g} s (--run-timeout); it was stopped "
                    "(a hung delegate or a too large --num_runs?)")
         rec["wall_s"] = round(time.monotonic() - t0, 3)
+        if err is None:
+            # adb 29 exits 0 when the connection drops before the exit code arrives: ask the server
+            try:
+                st = self.adb.state(self.serial)
+            except (AdbError, DeviceError):
+                st = "unknown"
+            if st != "device":
+                msg = (f"device {'disconnected' if st == 'missing' else 'went ' + st} during benchmark_model "
+                       "(exit {rc}); reconnect it and run again with --resume").replace("{rc}", str(rc))
+                rec.update(status="failed", error=msg)
+                self._write(rec, m, c, out_text)
+                raise DeviceError(self.serial, msg, "disconnected")
         try:
             after = thermal_state(self.adb, self.serial, o.command_timeout)
             cpu_after = cpu_state(self.adb, self.serial, f["cores"], o.command_timeout)

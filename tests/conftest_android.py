@@ -69,24 +69,27 @@ def adb_path():
 
 @pytest.fixture(scope="session")
 def adb_server(adb_path, tmp_path_factory):
-    """A private adb server on a free port (never the user's server on 5037); killed at the end."""
+    """A private adb server on a free port (never the user's server on 5037); killed at the end.
+    The environment that points at it is applied per test by ``android_env``."""
     home = str(tmp_path_factory.mktemp("android-home"))
     cache = str(tmp_path_factory.mktemp("mm-cache"))
     port = _free_port()
-    saved = {k: os.environ.get(k) for k in ("ADB_SERVER_SOCKET", "ANDROID_SDK_HOME", "MOBILEBERT_MOBILE_CACHE",
-                                            "MOBILEBERT_ADB")}
-    os.environ.update(ADB_SERVER_SOCKET=f"tcp:localhost:{port}", ANDROID_SDK_HOME=home,
-                      MOBILEBERT_MOBILE_CACHE=cache)
-    os.environ.pop("MOBILEBERT_ADB", None)
-    r = subprocess.run([adb_path, "start-server"], capture_output=True, text=True, timeout=60)
+    env = {"ADB_SERVER_SOCKET": f"tcp:localhost:{port}", "ANDROID_SDK_HOME": home, "MOBILEBERT_MOBILE_CACHE": cache}
+    full = dict(os.environ, **env)
+    full.pop("MOBILEBERT_ADB", None)
+    r = subprocess.run([adb_path, "start-server"], capture_output=True, text=True, timeout=60, env=full)
     assert r.returncode == 0, r.stderr
-    yield {"adb": adb_path, "port": port, "cache": cache}
-    subprocess.run([adb_path, "kill-server"], capture_output=True, timeout=60)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    yield {"adb": adb_path, "port": port, "cache": cache, "env": env}
+    subprocess.run([adb_path, "kill-server"], capture_output=True, timeout=60, env=full)
+
+
+@pytest.fixture
+def android_env(adb_server, monkeypatch):
+    """For one test: the environment pointing at the private adb server, and a temporary binary cache."""
+    for k, v in adb_server["env"].items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("MOBILEBERT_ADB", raising=False)
+    return adb_server
 
 
 def adb(*args, timeout=60) -> subprocess.CompletedProcess:
@@ -95,7 +98,7 @@ def adb(*args, timeout=60) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def standin(adb_server):
+def standin(android_env):
     """``standin(profile, connect=True)`` -> a started stand-in device, attached with ``adb connect``."""
     made = []
 
@@ -142,7 +145,7 @@ def bench_binary(tmp_path):
 
 
 @pytest.fixture
-def fresh_cache(adb_server, monkeypatch):
+def fresh_cache(android_env, monkeypatch):
     """An empty binary cache for one test."""
     d = tempfile.mkdtemp(prefix="mm-cache-")
     monkeypatch.setenv("MOBILEBERT_MOBILE_CACHE", d)
@@ -166,5 +169,5 @@ def run_cli(*argv) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
-__all__ = ["adb_path", "adb_server", "standin", "tiny_model", "bench_binary", "fresh_cache", "adb", "fake_elf",
+__all__ = ["adb_path", "adb_server", "android_env", "standin", "tiny_model", "bench_binary", "fresh_cache", "adb", "fake_elf",
            "run_cli", "StandinDevice"]
