@@ -67,6 +67,20 @@ def test_sync_push_pull_stat_and_list(standin, tmp_path):
     assert r.returncode != 0 and "failed to stat remote object" in r.stdout + r.stderr
 
 
+def test_old_device_without_shell_v2_stat_v2_ls_v2(standin, tmp_path):
+    """adb falls back to `shell:` (no exit code) and to STAT/LIST for a device without the v2 features."""
+    d = standin(pixel4(features="fixed_push_mkdir"))
+    r = adb("-s", d.serial, "shell", "echo old; exit 3")
+    assert r.stdout.replace("\r\n", "\n") == "old\n" and r.returncode == 0  # v1 has no exit codes
+    (tmp_path / "f").write_bytes(b"y" * 70000)
+    assert adb("-s", d.serial, "push", str(tmp_path / "f"), "/data/local/tmp/o/f").returncode == 0
+    r = adb("-s", d.serial, "pull", "/data/local/tmp/o", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "o" / "f").read_bytes() == b"y" * 70000
+    ops = {op for op, _ in d.sync_ops}
+    assert {"STAT", "LIST", "SEND", "RECV"} <= ops and not ops & {"STA2", "LIS2", "LST2"}
+
+
 def test_push_fail_message_reaches_adb(standin, tmp_path):
     d = standin(pixel4(push_fails_no_space=True))
     (tmp_path / "f").write_bytes(b"x" * 1000)

@@ -167,7 +167,7 @@ class StandinDevice:
     def banner(self) -> str:
         p = self.profile
         return (f"device::ro.product.name={p.name};ro.product.model={p.model};ro.product.device={p.device};"
-                "features=shell_v2,stat_v2,ls_v2,fixed_push_mkdir")
+                f"features={p.features}")
 
     def service_handler(self, service: str):
         if service.startswith("shell"):

@@ -36,6 +36,9 @@ class Profile:
     bench_garbage: bool = False        # the benchmark prints nothing parseable
     output_format: str = "tflite"      # tflite | litert-percentiles | older | results-block
     extra_props: dict = field(default_factory=dict)
+    # the banner's features: without shell_v2 adb uses `shell:` (no exit codes), without stat_v2/ls_v2
+    # it uses STAT/LIST
+    features: str = "shell_v2,stat_v2,ls_v2,fixed_push_mkdir"
 
     def props(self) -> dict[str, str]:
         p = {
