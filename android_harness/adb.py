@@ -102,7 +102,7 @@ class Adb:
         out = []
         for line in text.splitlines():
             line = line.strip()
-            if not line or line.startswith(("List of devices", "*")) or "daemon" in line:
+            if not line or line.startswith(("List of devices", "*", "adb ")):
                 continue
             parts = line.split()
             if len(parts) < 2:
@@ -146,7 +146,9 @@ class Adb:
         res = ShellResult(r.returncode, r.stdout.decode("utf-8", "replace"), r.stderr.decode("utf-8", "replace"))
         if res.rc != 0 and (_DEVICE_ERR.search(res.stderr.strip().splitlines()[0] if res.stderr.strip() else "")
                             or (res.rc == 255 and not res.stdout)):
-            raise self._device_failed(serial, res.stderr, what or "adb shell")
+            problem = self._device_failed(serial, res.stderr, what or "adb shell")
+            if problem.kind != "error":  # the device is gone; otherwise the command itself failed
+                raise problem
         if check and res.rc != 0:
             raise DeviceError(serial, f"{what or command!r} failed (exit {res.rc}): "
                                       f"{(res.stderr or res.stdout).strip()[:300]}")

@@ -202,6 +202,7 @@ class Options:
     command_timeout: float = 60.0
     resume: bool = False
     progress: bool = True
+    stop: threading.Event = field(default_factory=threading.Event)  # set on Ctrl-C: finish cleanly
     log: object = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
@@ -258,6 +259,7 @@ class DeviceRun:
             pushed = True
             self._push(todo)
             for m, c in todo:
+                self._check_stop()
                 self._run_one(m, c)
         except DeviceError as e:
             self.outcome["error"], self.outcome["kind"] = e.message, e.kind
@@ -266,6 +268,11 @@ class DeviceRun:
             if pushed:
                 self._cleanup()
         return self.outcome
+
+    def _check_stop(self) -> None:
+        if self.opts.stop.is_set():
+            raise DeviceError(self.serial, "interrupted; finished runs are saved, run again with --resume",
+                              "interrupted")
 
     def _check_space(self, todo) -> None:
         need = sum({m.sha256: m.size for m, _ in todo}.values()) + os.path.getsize(self.tool["path"])
@@ -324,7 +331,8 @@ class DeviceRun:
                     self.log(f"still warm after {el:.0f} s (status {st.get('status')}, battery {st.get('battery_c')} °C);"
                              " running anyway, the result is flagged")
                     return st, el, True
-                time.sleep(max(0.0, min(o.cooldown_poll, o.cooldown_timeout - el)))
+                if o.stop.wait(max(0.0, min(o.cooldown_poll, o.cooldown_timeout - el))):
+                    self._check_stop()
                 st = thermal_state(self.adb, self.serial, o.command_timeout)
                 bar.n = round(min(time.monotonic() - t0, o.cooldown_timeout), 1)
                 bar.set_postfix_str(f"status {st.get('status')}, {st.get('battery_c')} °C")
@@ -427,6 +435,12 @@ def run_bench(adb: Adb, serials: list[str], models: list[ModelSpec], configs: li
     runs = [DeviceRun(adb, s, models, configs, results, opts, i) for i, s in enumerate(serials)]
     if len(runs) == 1:
         return [runs[0].run()]
-    with ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="device") as ex:
-        futs = [ex.submit(r.run) for r in runs]
+    ex = ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="device")
+    futs = [ex.submit(r.run) for r in runs]
+    try:
         return [f.result() for f in futs]
+    except KeyboardInterrupt:
+        opts.stop.set()  # each phone stops after its current run and cleans up
+        raise
+    finally:
+        ex.shutdown(wait=True)

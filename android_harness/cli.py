@@ -170,6 +170,10 @@ def cmd_bench(args) -> int:
         outcomes = run_bench(adb, serials, models, configs, results, opts)
     except BenchError as e:
         return _err(str(e))
+    except KeyboardInterrupt:
+        print(f"interrupted: finished runs are in {results}; run the same command with --resume to go on",
+              file=sys.stderr)
+        return 130
     records = [r for o in outcomes for r in o.pop("records")]
     if args.json:
         print(json.dumps({"results": results, "devices": outcomes, "records": records}, indent=2, default=str))

@@ -367,3 +367,26 @@ def test_sh_join_round_trips_through_the_standin_shell(name):
 
     line = sh_join(["taskset", "f0", "/data/local/tmp/b", f"--graph=/data/local/tmp/{name}"])
     assert [v for _, v in tokenize(line)] == ["taskset", "f0", "/data/local/tmp/b", f"--graph=/data/local/tmp/{name}"]
+
+
+def test_interrupt_stops_each_phone_cleanly(standin, tiny_model, bench_binary, tmp_path):
+    """Ctrl-C sets the stop event: phones finish their current run, clean up and report it."""
+    from mobilebert_mobile.android_harness import binary as binmod
+    from mobilebert_mobile.android_harness.adb import Adb
+    from mobilebert_mobile.android_harness.bench import Config, Options, resolve_models, run_bench
+
+    a, b = standin(pixel4(hot_for_s=600)), standin(pixel2())
+    binmod.install(bench_binary)
+    opts = Options(cooldown_timeout=60, cooldown_poll=0.1, progress=False, log=lambda m: None)
+    import threading
+
+    threading.Timer(0.5, opts.stop.set).start()
+    t0 = time.time()
+    outs = run_bench(Adb(), [a.serial, b.serial], resolve_models(tiny_model),
+                     [Config(threads=t, num_runs=2, min_secs=0, warmup_min_secs=0) for t in (1, 2, 3, 4)],
+                     str(tmp_path / "r.jsonl"), opts)
+    assert time.time() - t0 < 30
+    by = {o["serial"]: o for o in outs}
+    assert by[a.serial]["kind"] == "interrupted" and by[a.serial]["ok"] == 0  # was cooling down
+    assert "--resume" in by[a.serial]["error"]
+    assert a.files() == [] and b.files() == []
