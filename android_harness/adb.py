@@ -155,7 +155,8 @@ class Adb:
         return res
 
     def push(self, serial: str, local: str, remote: str, *, timeout: float | None = None) -> None:
-        r = self.run(["push", local, remote], serial=serial, timeout=timeout, what=f"adb push {os.path.basename(local)}")
+        r = self.run(["push", local, remote], serial=serial, timeout=timeout,
+                     what=f"adb push {os.path.basename(local)}")
         if r.returncode != 0:
             msg = (r.stderr.decode("utf-8", "replace") + r.stdout.decode("utf-8", "replace")).strip()
             if "No space left" in msg:

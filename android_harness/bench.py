@@ -93,7 +93,8 @@ def _vocab_lines(path: str) -> int:
         return sum(1 for line in fh if line.strip())
 
 
-def resolve_models(model_or_bundle: str, precision: str | None = None, vocab_size: int | None = None) -> list[ModelSpec]:
+def resolve_models(model_or_bundle: str, precision: str | None = None,
+                   vocab_size: int | None = None) -> list[ModelSpec]:
     """A bundle directory (its default model, one precision, a comma list, or ``all``) or a .tflite path."""
     p = os.path.abspath(model_or_bundle)
     files: list[tuple[str, str | None]] = []
@@ -328,7 +329,8 @@ class DeviceRun:
             while True:
                 el = time.monotonic() - t0
                 if el >= o.cooldown_timeout:
-                    self.log(f"still warm after {el:.0f} s (status {st.get('status')}, battery {st.get('battery_c')} °C);"
+                    self.log(f"still warm after {el:.0f} s (status {st.get('status')}, "
+                             f"battery {st.get('battery_c')} °C);"
                              " running anyway, the result is flagged")
                     return st, el, True
                 if o.stop.wait(max(0.0, min(o.cooldown_poll, o.cooldown_timeout - el))):

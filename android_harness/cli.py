@@ -36,7 +36,8 @@ def register(sub) -> None:
                                                "(default: read from the binary when possible)")
     s.add_argument("--precision", help="bundle model(s): a precision, comma list, or 'all' (default: the "
                                        "bundle's default model)")
-    s.add_argument("--vocab-size", type=int, help="input_ids range 0..N-1 (default: the bundle's vocab.txt, else 30522)")
+    s.add_argument("--vocab-size", type=int,
+                   help="input_ids range 0..N-1 (default: the bundle's vocab.txt, else 30522)")
     s.add_argument("--threads", default="1,4", help="comma-separated thread counts")
     s.add_argument("--delegate", default="xnnpack", help="comma list of cpu, xnnpack, gpu, nnapi")
     s.add_argument("--runs", type=int, default=50, help="measured runs (--num_runs)")
@@ -96,7 +97,8 @@ def cmd_devices(args) -> int:
             print(f"{r['serial']:<22}{r['state']:<14}{r.get('model', ''):<16}{note}")
             continue
         soc = "/".join(x for x in (r.get("soc"), r.get("platform")) if x)
-        print(f"{r['serial']:<22}{r['state']:<14}{r['model']:<16}{soc:<20}{r['android'] + ' (' + str(r['sdk']) + ')':<12}"
+        android = f"{r['android']} ({r['sdk']})"
+        print(f"{r['serial']:<22}{r['state']:<14}{r['model']:<16}{soc:<20}{android:<12}"
               f"{r['abi']:<13}{r['cores']:<7}{freq_summary(r['max_freq_khz']):<26}"
               f"{core_ranges(r['big_cores'])} (mask {r['taskset_mask']})")
     return 0
@@ -195,7 +197,7 @@ def _print_table(records: list[dict]) -> None:
     for r in records:
         f = r.get("figures") or {}
 
-        def g(k):
+        def g(k, f=f):
             return f"{f[k]:.2f}" if f.get(k) is not None else "–"
 
         st = "ok" + (" (thermal rose)" if (r.get("thermal") or {}).get("rose") else "") if r["status"] == "ok" \

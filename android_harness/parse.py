@@ -38,7 +38,8 @@ _MEM_DELTA = re.compile(r"Memory footprint delta from the start of the tool \(MB
                         r")\s+overall=(" + _NUM + r")")
 _PEAK = re.compile(r"Overall peak memory footprint \(MB\) via periodic monitoring:\s*(" + _NUM + r")")
 _RESULTS_HEADER = re.compile(r"=+\s*BENCHMARK RESULTS\s*=+")
-_RESULT_LINE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9 ()/_-]*?)\s*:\s*(" + _NUM + r")\s*([A-Za-z/%]*)\s*(?:\((\d+) runs?\))?")
+_RESULT_LINE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9 ()/_-]*?)\s*:\s*(" + _NUM +
+                          r")\s*([A-Za-z/%]*)\s*(?:\((\d+) runs?\))?")
 _TABLE_HEADER = re.compile(r"^=+\s*(Run Order|Top by Computation Time|Top by Memory Use|Summary by node type)\s*=+")
 
 _US_TO_MS = 1e-3

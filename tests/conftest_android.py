@@ -169,5 +169,6 @@ def run_cli(*argv) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
-__all__ = ["adb_path", "adb_server", "android_env", "standin", "tiny_model", "bench_binary", "fresh_cache", "adb", "fake_elf",
+__all__ = ["adb_path", "adb_server", "android_env", "standin", "tiny_model", "bench_binary", "fresh_cache", "adb",
+           "fake_elf",
            "run_cli", "StandinDevice"]

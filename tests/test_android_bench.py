@@ -9,10 +9,9 @@ import sys
 import time
 
 import pytest
-
+from adb_standin import Profile, pixel2, pixel4
 from conftest_android import *  # noqa: F401,F403
 from conftest_android import adb, fake_elf, run_cli
-from adb_standin import Profile, pixel2, pixel4
 
 FAST = ["--runs", "3", "--warmup-runs", "1", "--min-secs", "0", "--warmup-min-secs", "0", "--cooldown-poll", "0.1",
         "--no-progress"]
@@ -362,7 +361,6 @@ def test_harness_imports_nothing_heavy():
 @pytest.mark.parametrize("name", ["a b.tflite", "it's.tflite", "x;rm -rf y.tflite"])
 def test_sh_join_round_trips_through_the_standin_shell(name):
     from adb_standin.shell import tokenize
-
     from mobilebert_mobile.android_harness.adb import sh_join
 
     line = sh_join(["taskset", "f0", "/data/local/tmp/b", f"--graph=/data/local/tmp/{name}"])

@@ -4,11 +4,10 @@ import os
 import time
 
 import pytest
-
-from conftest_android import *  # noqa: F401,F403
-from conftest_android import adb
 from adb_standin import Profile, pixel4
 from adb_standin.shell import ShellSyntaxError, tokenize
+from conftest_android import *  # noqa: F401,F403
+from conftest_android import adb
 
 
 def test_connect_and_devices_l_shows_the_banner(standin):

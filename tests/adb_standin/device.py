@@ -190,7 +190,8 @@ class StandinDevice:
         return self.profile.hot_status if time.time() < self.hot_until else 0
 
     def battery_temp_tenths(self) -> int:
-        return self.profile.hot_battery_temp_tenths if time.time() < self.hot_until else self.profile.battery_temp_tenths
+        p = self.profile
+        return p.hot_battery_temp_tenths if time.time() < self.hot_until else p.battery_temp_tenths
 
     def heat_up(self) -> None:
         self.hot_until = max(self.hot_until, time.time() + self.profile.heat_cool_s)

@@ -50,7 +50,8 @@ class Profile:
             "ro.product.cpu.abi": self.abi,
             "ro.product.cpu.abilist": {"arm64-v8a": "arm64-v8a,armeabi-v7a,armeabi",
                                        "x86_64": "x86_64,x86"}.get(self.abi, self.abi),
-            "ro.build.fingerprint": f"google/{self.name}/{self.device}:{self.release}/RQ3A.211001.001/7641976:user/release-keys",
+            "ro.build.fingerprint": f"google/{self.name}/{self.device}:{self.release}/RQ3A.211001.001/"
+                                    "7641976:user/release-keys",
             "ro.serialno": f"STANDIN{self.device.upper()}",
             "sys.boot_completed": "1",
         }
