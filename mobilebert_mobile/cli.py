@@ -231,8 +231,10 @@ def _extensions():
     from .android_harness import cli as android_cli
     from .benchmarks import cli as bench_cli
     from .converters import cli as convert_cli
+    from .distill import cli as distill_cli
 
-    return [convert_cli.register, cli_runtime.register, bench_cli.register, android_cli.register]
+    return [convert_cli.register, cli_runtime.register, bench_cli.register, android_cli.register,
+            distill_cli.register]
 
 
 def _version() -> str:

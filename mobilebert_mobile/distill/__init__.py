@@ -1,8 +1,18 @@
-"""Distillation and fine-tuning (imports torch; never imported by ``import mobilebert_mobile``).
+"""Distillation and fine-tuning (torch is imported on first use, never by ``import mobilebert_mobile``).
 
     from mobilebert_mobile.distill import distill, finetune, evaluate
 """
-from .api import distill, evaluate, finetune  # noqa: F401
-from .data import DataError  # noqa: F401
-from .teachers import DistillError, matching_student_config  # noqa: F401
-from .trainer import TrainError  # noqa: F401
+_EXPORTS = {"distill": "api", "finetune": "api", "evaluate": "api", "layerwise_losses": "api",
+            "predict_logits": "api", "DataError": "data", "DistillError": "teachers",
+            "matching_student_config": "teachers", "TrainError": "trainer"}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

@@ -69,14 +69,16 @@ def distill(teacher: str, corpus: list[str], out_dir: str, *, strategy: str = "p
     if isinstance(student, str) and os.path.isdir(student):
         from ..modeling.checkpoint import read_state_dict
         model.load_checkpoint_tensors(read_state_dict(student), strict=False, where=student)
-    copied = copy_from_teacher(model, t) if copy_embeddings and not resume else []
+    resuming = resume and os.path.exists(os.path.join(out_dir, "state.pt"))
+    copied = copy_from_teacher(model, t) if copy_embeddings and not resuming else []  # else: from state.pt
     tok, vocab = _tokenizer_for(teacher, seq_len)
     if tok.vocab_size != scfg.vocab_size:
         raise DistillError(f"the vocabulary has {tok.vocab_size} tokens but the student expects {scfg.vocab_size}")
     data = encode_corpus(tok, corpus, seq_len)
     task = DistillTask(t, model, strategy=strategy, steps=steps, seed=seed,
                        special_ids=(tok.pad_id, tok.vocab.get("[CLS]", 101), tok.vocab.get("[SEP]", 102)),
-                       mask_id=tok.vocab.get("[MASK]", 103), sep_id=tok.vocab.get("[SEP]", 102), **task_options)
+                       mask_id=tok.vocab.get("[MASK]", 103), sep_id=tok.vocab.get("[SEP]", 102), mapping=mapping,
+                       **task_options)
     cfg = TrainConfig(out_dir=out_dir, global_batch=batch_size, lr=lr, optimizer=optimizer, seed=seed,
                       save_every=save_every, resume=resume, progress=progress, max_seconds=max_seconds)
     summary = train(task, Batches(data, batch_size, seed), cfg)

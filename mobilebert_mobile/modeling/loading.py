@@ -52,5 +52,6 @@ def load_task_model(checkpoint: str | os.PathLike, task: str | None = None, *, m
     if bert:
         load_bert_into(model, d)
     else:
-        model.load_checkpoint_tensors(read_state_dict(d), strict=task == inferred, where=d)
+        strict = task == inferred and arch == TASK_CLASSES[task].__name__  # e.g. PreTraining -> MLM drops NSP
+        model.load_checkpoint_tensors(read_state_dict(d), strict=strict, where=d)
     return model.eval(), task, {"architecture": arch, "family": "bert" if bert else "mobilebert", "config": cfg}
