@@ -86,6 +86,14 @@ class Adb:
         except OSError as e:
             raise AdbError(f"cannot run {self.path}: {e}") from None
 
+    def cached_version(self) -> str:
+        if getattr(self, "_version", None) is None:
+            try:
+                self._version = self.version()
+            except (AdbError, DeviceError):
+                self._version = "?"
+        return self._version
+
     def version(self) -> str:
         r = self.run(["version"], timeout=20)
         out = r.stdout.decode("utf-8", "replace")

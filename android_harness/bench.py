@@ -256,8 +256,11 @@ class DeviceRun:
                 self.tool = binmod.for_device(self.facts["abi"], self.facts.get("abilist"))
             except binmod.BinaryError as e:
                 raise DeviceError(self.serial, str(e), "binary") from None
-            self._check_space(todo)
             pushed = True
+            # a work directory left by an interrupted run is ours: remove it before measuring free space
+            self.adb.shell(self.serial, sh_join(["rm", "-rf", WORK_DIR]), timeout=self.opts.command_timeout,
+                           what="removing a stale work directory")
+            self._check_space(todo)
             self._push(todo)
             for m, c in todo:
                 self._check_stop()
@@ -355,6 +358,7 @@ class DeviceRun:
                                                  "fingerprint")},
                "tool": {"name": self.tool.get("name"), "version": self.tool.get("version"),
                         "sha256": self.tool.get("sha256"), "abi": self.tool.get("abi")},
+               "host": {"adb": self.adb.cached_version()},
                "model": m.as_dict(), "config": c.as_dict(),
                "affinity": {"taskset_mask": f["taskset_mask"], "cores": f["big_cores"]}, "command": cmd}
         cool_st, waited, timed_out = self._wait_cool()

@@ -281,6 +281,19 @@ def test_model_too_large_for_free_space(standin, tiny_model, bench_binary, tmp_p
     assert any(c.startswith("df -k") for c in small.commands)
 
 
+def test_stale_work_directory_is_removed_before_the_space_check(standin, tiny_model, bench_binary, tmp_path):
+    d = standin(pixel4(free_kb=3000))
+    stale = os.path.join(d.root, "data/local/tmp/mobilebert-mobile")
+    os.makedirs(stale)
+    with open(os.path.join(stale, "old-model.tflite"), "wb") as fh:
+        fh.write(b"\0" * 2_500_000)  # an interrupted run's leftovers fill the device
+    rc, out, err = bench(tiny_model, d.serial, tmp_path / "r.jsonl", "--threads", "1",
+                         "--benchmark-binary", bench_binary)
+    assert rc == 0, err
+    assert d.files() == []
+    assert lines(tmp_path / "r.jsonl")[0]["host"]["adb"].startswith("1.0.")
+
+
 def test_push_fails_no_space(standin, tiny_model, bench_binary, tmp_path):
     d = standin(pixel4(push_fails_no_space=True))
     rc, out, err = bench(tiny_model, d.serial, tmp_path / "r.jsonl", "--benchmark-binary", bench_binary)
