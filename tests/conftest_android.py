@@ -36,6 +36,9 @@ open(sys.argv[1], "wb").write(conv.convert())
 '''
 
 
+_SHARED: dict = {}  # session fixtures shared by every module that imports this file
+
+
 def _free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -71,6 +74,9 @@ def adb_path():
 def adb_server(adb_path, tmp_path_factory):
     """A private adb server on a free port (never the user's server on 5037); killed at the end.
     The environment that points at it is applied per test by ``android_env``."""
+    if "adb_server" in _SHARED:  # the fixture is imported by several modules: one server per session
+        yield _SHARED["adb_server"]
+        return
     home = str(tmp_path_factory.mktemp("android-home"))
     cache = str(tmp_path_factory.mktemp("mm-cache"))
     port = _free_port()
@@ -79,7 +85,9 @@ def adb_server(adb_path, tmp_path_factory):
     full.pop("MOBILEBERT_ADB", None)
     r = subprocess.run([adb_path, "start-server"], capture_output=True, text=True, timeout=60, env=full)
     assert r.returncode == 0, r.stderr
-    yield {"adb": adb_path, "port": port, "cache": cache, "env": env}
+    _SHARED["adb_server"] = srv = {"adb": adb_path, "port": port, "cache": cache, "env": env}
+    yield srv
+    _SHARED.pop("adb_server", None)
     subprocess.run([adb_path, "kill-server"], capture_output=True, timeout=60, env=full)
 
 
@@ -120,12 +128,15 @@ def standin(android_env):
 def tiny_model(tmp_path_factory):
     """A real .tflite (Embedding over the 30522-token vocabulary + mean + Dense) with int32 inputs
     input_ids, attention_mask, token_type_ids of shape [1, 128]."""
+    if "tiny_model" in _SHARED:
+        return _SHARED["tiny_model"]
     d = tmp_path_factory.mktemp("tiny-model")
     path = str(d / "tiny_bert.tflite")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     r = subprocess.run([sys.executable, "-c", _TINY_MODEL, path], capture_output=True, text=True, timeout=600,
                        env=env)
     assert r.returncode == 0, r.stderr[-2000:]
+    _SHARED["tiny_model"] = path
     return path
 
 

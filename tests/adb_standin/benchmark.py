@@ -173,6 +173,7 @@ def run_benchmark(device, path: str, args: list[str], out, err, cancel) -> int:
         say("")
     finally:
         device.running_benchmark = False
+    call["ended"] = time.time()
     if prof.heat_on_run:
         device.heat_up()
     call["count"] = meas["count"]
