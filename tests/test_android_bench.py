@@ -182,9 +182,11 @@ def test_cooldown_timeout_is_bounded_and_flagged(standin, tiny_model, bench_bina
     res = tmp_path / "r.jsonl"
     t0 = time.time()
     rc, out, err = bench(tiny_model, d.serial, res, "--threads", "1", "--cooldown-timeout", "0.5",
-                         "--benchmark-binary", bench_binary)
+                         "--benchmark-binary", bench_binary, "--op-profiling")
     assert time.time() - t0 < 30
     rec = lines(res)[0]
+    ops = {r["node type"] for r in rec["figures"]["op_profile"]["Summary by node type"]}
+    assert "GATHER" in ops and rec["config"]["op_profiling"] is True
     assert rec["status"] == "ok" and rec["thermal"]["cooldown_timed_out"] is True
     assert rec["thermal"]["before"]["status"] == 2
     assert "still warm" in err
