@@ -355,3 +355,18 @@ def test_cli_distill_errors_are_clear(teacher_dir, tmp_path, capsys):
     assert main(["distill", "--teacher", "no-such-teacher", "--corpus", str(tmp_path / "c.txt"), "--out",
                  str(tmp_path / "o")]) == 2
     assert "neither a checkpoint directory nor a preset" in capsys.readouterr().err
+
+
+def test_cli_distill_runs_and_resumes(teacher_dir, tmp_path, capsys):
+    from mobilebert_mobile.cli import main
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in assets.sample_sentences(16)))
+    args = ["distill", "--teacher", teacher_dir, "--corpus", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "o"),
+            "--strategy", "progressive", "--steps", "4", "--lower", "reduced", "--current-rate", "3",
+            "--seq-len", "24", "--batch-size", "8", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["steps"] == 4 and out["strategy"] == "progressive" and len(out["stages"]) == 3
+    assert main(args + ["--resume"]) == 0  # already finished: nothing left to do, same result
+    assert json.loads(capsys.readouterr().out)["steps"] == 4
+    assert main(args[:-1] + ["--steps", "6", "--resume"]) == 2
+    assert "another configuration" in capsys.readouterr().err

@@ -48,7 +48,7 @@ def distill(teacher: str, corpus: list[str], out_dir: str, *, strategy: str = "p
             student: MobileBertConfig | str | None = None, seq_len: int = 128, batch_size: int = 32,
             lr: float = 1e-3, optimizer: str = "lamb", mapping: bool = False, copy_embeddings: bool = True,
             resume: bool = False, save_every: int = 0, seed: int = 0, max_seconds: float | None = None,
-            progress: bool = True, **task_options) -> dict:
+            progress: bool = True, amp: str = "auto", **task_options) -> dict:
     """Distill ``teacher`` (checkpoint dir or preset) into a student on ``corpus`` texts.
 
     ``student``: a config, a preset name, a checkpoint directory to continue from, or None for
@@ -80,7 +80,7 @@ def distill(teacher: str, corpus: list[str], out_dir: str, *, strategy: str = "p
                        mask_id=tok.vocab.get("[MASK]", 103), sep_id=tok.vocab.get("[SEP]", 102), mapping=mapping,
                        **task_options)
     cfg = TrainConfig(out_dir=out_dir, global_batch=batch_size, lr=lr, optimizer=optimizer, seed=seed,
-                      save_every=save_every, resume=resume, progress=progress, max_seconds=max_seconds)
+                      save_every=save_every, resume=resume, progress=progress, max_seconds=max_seconds, amp=amp)
     summary = train(task, Batches(data, batch_size, seed), cfg)
     summary.update(copied=copied, windows=int(data["input_ids"].shape[0]), strategy=strategy,
                    student_parameters=model.num_parameters(), teacher_parameters=sum(
@@ -96,7 +96,7 @@ def finetune(checkpoint: str, train_file: str, out_dir: str, *, task: str = "cla
              temperature: float = 2.0, label_names: list[str] | None = None, resume: bool = False,
              save_every: int = 0, seed: int = 0, progress: bool = True, text_column: str | None = None,
              pair_column: str | None = None, label_column: str | None = None, data=None,
-             teacher_logits: torch.Tensor | None = None) -> dict:
+             teacher_logits: torch.Tensor | None = None, amp: str = "auto") -> dict:
     """Fine-tune a checkpoint (any of our family or BERT layout) for classification or QA.
 
     ``teacher``: a fine-tuned checkpoint of the same task whose logits are distilled (task
@@ -130,7 +130,7 @@ def finetune(checkpoint: str, train_file: str, out_dir: str, *, task: str = "cla
         steps = max(1, int(epochs * (n // batch_size)))
     ft = FinetuneTask(model, task, steps, teacher=tmodel, alpha=alpha, temperature=temperature)
     cfg = TrainConfig(out_dir=out_dir, global_batch=batch_size, lr=lr, optimizer=optimizer, seed=seed,
-                      save_every=save_every, resume=resume, progress=progress)
+                      save_every=save_every, resume=resume, progress=progress, amp=amp)
     summary = train(ft, Batches(tensors, batch_size, seed), cfg)
     summary.update(examples=int(n), labels=names, parameters=model.num_parameters())
     summary["model"] = _save(model, out_dir, vocab, {"finetune": summary})

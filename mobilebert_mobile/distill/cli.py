@@ -31,12 +31,16 @@ def register(sub) -> None:
     s.add_argument("--lower", default="freeze", choices=["freeze", "reduced"],
                    help="progressive: lower layers frozen or at --lower-rate")
     s.add_argument("--lower-rate", type=float, default=0.1)
+    s.add_argument("--current-rate", type=float, default=1.0,
+                   help="progressive: learning-rate multiplier of the layer being trained (original code: 3)")
     s.add_argument("--freeze-embeddings", action="store_true")
     s.add_argument("--no-copy", action="store_true", help="do not copy/initialise embeddings from the teacher")
     s.add_argument("--alpha", type=float, default=0.5, help="MLM target: alpha one-hot + (1 - alpha) teacher")
     s.add_argument("--sop", action="store_true", help="add the sentence-order objective")
     s.add_argument("--mean-var", type=float, default=0.0, help="weight of mean/variance matching (0 = off)")
     s.add_argument("--save-every", type=int, default=0)
+    s.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
+                   help="mixed precision: auto = bf16 on a GPU that supports it, off on CPU")
     s.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true")
@@ -62,6 +66,7 @@ def register(sub) -> None:
     s.add_argument("--alpha", type=float, default=0.5, help="weight of the true labels vs the teacher")
     s.add_argument("--temperature", type=float, default=2.0)
     s.add_argument("--save-every", type=int, default=0)
+    s.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"])
     s.add_argument("--resume", action="store_true")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true")
@@ -88,7 +93,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
                           optimizer=args.optimizer, mapping=args.mapping, copy_embeddings=not args.no_copy,
                           resume=args.resume, save_every=args.save_every, seed=args.seed, lower=args.lower,
                           lower_rate=args.lower_rate, freeze_embeddings=args.freeze_embeddings, alpha=args.alpha,
-                          sop=args.sop, mv_weight=args.mean_var)
+                          sop=args.sop, mv_weight=args.mean_var, current_rate=args.current_rate, amp=args.amp)
     except (DataError, DistillError, TrainError, ValueError, OSError) as e:
         return _fail(str(e))
     _report(summary, args.json, f"student written to {summary['model']} ({summary['steps']} steps, "
@@ -109,7 +114,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                            lr=args.lr, optimizer=args.optimizer, alpha=args.alpha, temperature=args.temperature,
                            label_names=labels, resume=args.resume, save_every=args.save_every, seed=args.seed,
                            text_column=args.text_column, pair_column=args.pair_column,
-                           label_column=args.label_column)
+                           label_column=args.label_column, amp=args.amp)
         if args.eval and args.task == "classification":
             ev = read_labelled(args.eval, text_column=args.text_column, pair_column=args.pair_column,
                                label_column=args.label_column, label_names=summary["labels"])
