@@ -370,3 +370,30 @@ def test_cli_distill_runs_and_resumes(teacher_dir, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["steps"] == 4
     assert main(args[:-1] + ["--steps", "6", "--resume"]) == 2
     assert "another configuration" in capsys.readouterr().err
+
+
+def test_ib_bert_teacher_pairs_with_the_mobilebert_student():
+    """The paper's pair: IB-BERT teacher and MobileBERT student share layers, width 512 and 4 heads."""
+    t = MobileBertConfig.from_preset("ib-bert-teacher")
+    s = MobileBertConfig.from_preset("mobilebert")
+    p = check_pair(t, s)
+    assert p["layer_map"] == list(range(24)) and p["attention"] and not p["project"]
+    with pytest.raises(DistillError, match="inter-block width"):
+        check_pair(t, MobileBertConfig.from_preset("mobilebert", hidden_size=256, embedding_size=128))
+
+
+def test_non_utf8_data_is_a_clear_error(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        read_texts(tmp_path / "latin1.txt")
+
+
+def test_out_of_memory_suggests_a_smaller_batch(teacher_dir, corpus, tmp_path, monkeypatch):
+    from mobilebert_mobile.distill import tasks
+
+    def oom(self, *a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(tasks.DistillModule, "forward", oom)
+    with pytest.raises(TrainError, match="out of memory at global batch 8: try a smaller --batch-size"):
+        run(teacher_dir, corpus, tmp_path, steps=2)
