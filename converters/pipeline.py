@@ -241,6 +241,7 @@ def convert(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ta
                                             include_checkpoint)
         report["total_time_s"] = round(time.perf_counter() - t_start, 1)
         default = _default_model(models)
+        report["default_model"] = default
         manifest = _manifest(task, labels, seq_len, batch_size, lowercase, outputs, models, default, ckpt, info,
                              model, mask_value, include_checkpoint, tmp)
         _write_json(os.path.join(tmp, "report.json"), report)
@@ -451,13 +452,15 @@ def summary_markdown(report: dict) -> str:
              f"Checkpoint: `{report['checkpoint']}`. Verified on {report['calibration']['heldout_texts']} held-out "
              f"texts ({report['calibration']['source']}); target {report['target']['metric']} >= "
              f"{report['target']['value']}.", "",
-             "| stage | max abs diff | max rel diff | agreement | size MB | XNNPACK partitions | ops outside | "
-             "ms (2 thr) |", "|---|---|---|---|---|---|---|---|"]
+             "| stage | max abs diff | max rel diff | agreement | meets target | size MB | XNNPACK partitions | "
+             "ops outside | ms (2 thr) |", "|---|---|---|---|---|---|---|---|---|"]
     metric = report["target"]["metric"]
     for s in report["stages"]:
         x = s.get("xnnpack", {})
         lines.append(f"| {s['stage']} | {s['max_abs_diff']:.3g} | {s['max_rel_diff']:.3g} | "
-                     f"{s.get(metric, float('nan')):.4f} | {s.get('size_mb', '')} | {x.get('partitions', '')} | "
+                     f"{s.get(metric, float('nan')):.4f} | "
+                     f"{'' if 'meets_target' not in s else ('yes' if s['meets_target'] else '**no**')} | "
+                     f"{s.get('size_mb', '')} | {x.get('partitions', '')} | "
                      f"{x.get('ops_outside_xnnpack', '')} | {s.get('latency_ms_median_2threads', '')} |")
     lines += ["", "Graph passes:", ""]
     for p in report["passes"]:
@@ -468,5 +471,11 @@ def summary_markdown(report: dict) -> str:
             fb = s["fallback"]
             lines += ["", f"{s['stage']}: kept in float: ops {', '.join(fb['float_ops']) or 'none'}; layers "
                           f"{', '.join(fb['float_layers']) or 'none'}."]
-    lines += ["", f"Total conversion time: {report.get('total_time_s', '?')} s.", ""]
+    missed = [s["precision"] for s in report["stages"] if s.get("meets_target") is False]
+    if missed:
+        lines += ["", f"Missed the target (kept in the bundle, never chosen as its default model): "
+                      f"{', '.join(missed)}. Dynamic-range int8 has no per-part fallback: TensorFlow's "
+                      "dynamic-range quantizer takes no denylist; use int8 (which falls back) or fp16."]
+    lines += ["", f"Default model: {report.get('default_model', '?')}.",
+              f"Total conversion time: {report.get('total_time_s', '?')} s.", ""]
     return "\n".join(lines)

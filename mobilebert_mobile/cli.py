@@ -202,7 +202,7 @@ def _demo_default_model(args) -> int:
     rec = default_model.build(say=say, progress=not args.json)
     report: dict = {"default_model": rec}
     say(f"[default model] {'cached: ' if rec['cached'] else ''}{rec['model']}: "
-        f"{rec['student_backbone_parameters'] / 1e6:.1f}M-parameter student (backbone incl. embeddings), "
+        f"{rec['student_parameters'] / 1e6:.1f}M-parameter student classifier, "
         f"distilled in {rec['distill_s']:.0f} s + fine-tuned in {rec['finetune_s']:.0f} s; PyTorch accuracy on "
         f"{rec['held_out']} held-out Rotten Tomatoes sentences: {rec['held_out_accuracy']:.3f}")
     bundle = rec["model"].rstrip("/") + f"-bundle-{args.seq_len}"

@@ -66,6 +66,6 @@ def build(out_dir: str | None = None, *, distill_steps: int = 180, finetune_epoc
     acc = evaluate(f["model"], [t for t, _ in test], [y for _, y in test], seq_len=seq_len)["accuracy"]
     rec = {"model": f["model"], "settings": settings, "distill_s": round(t1 - t0, 1),
            "finetune_s": round(t2 - t1, 1), "held_out_accuracy": acc, "held_out": len(test),
-           "student_backbone_parameters": d["student_parameters"], "cached": False}
+           "student_parameters": f["parameters"], "cached": False}
     atomic_write_text(record_path, json.dumps(rec, indent=2))
     return rec
