@@ -234,3 +234,52 @@ def layerwise_losses(teacher: str, student_dir: str, texts: list[str], *, seq_le
             if pair["attention"]:
                 at[l] += float(L.attention_transfer_loss(ss[l], ts[tl], m)) * c
     return {"feature_map": [round(x / tokens, 5) for x in fm], "attention": [round(x / tokens, 5) for x in at]}
+
+
+def _normalise_answer(s: str) -> list[str]:
+    import re
+    import string
+
+    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return s.split()
+
+
+@torch.no_grad()
+def evaluate_qa(model_or_dir, data, *, seq_len: int = 128, batch_size: int = 32, max_answer_tokens: int = 30) -> dict:
+    """SQuAD-style exact match and token F1 of a QA model on QAData (best span inside the context,
+    start <= end, at most ``max_answer_tokens``)."""
+    from collections import Counter
+
+    if isinstance(model_or_dir, (str, os.PathLike)):
+        model, _, _ = load_task_model(model_or_dir, "qa")
+        tok, _ = _tokenizer_for(os.fspath(model_or_dir), seq_len)
+    else:
+        model, (tok, _) = model_or_dir, _tokenizer_for(None, seq_len)
+    model.eval()
+    em = f1 = 0.0
+    answers = []
+    n = len(data.questions)
+    for i in range(0, n, batch_size):
+        enc = tok(data.questions[i:i + batch_size], data.contexts[i:i + batch_size], max_length=seq_len,
+                  truncation="only_second")
+        x = {k: torch.from_numpy(v.astype("int64")) for k, v in enc.model_inputs().items()}
+        out = model(x["input_ids"], x["attention_mask"], x["token_type_ids"])
+        for r in range(len(enc)):
+            ctx_tokens = [j for j, sid in enumerate(enc.sequence_ids[r]) if sid == 1]
+            st, en = out.start_logits[r], out.end_logits[r]
+            best, span = -float("inf"), (0, 0)
+            for a in ctx_tokens:
+                for b in ctx_tokens:
+                    if a <= b < a + max_answer_tokens and float(st[a] + en[b]) > best:
+                        best, span = float(st[a] + en[b]), (a, b)
+            ctx = data.contexts[i + r]
+            text = ctx[enc.offsets[r][span[0]][0]:enc.offsets[r][span[1]][1]] if ctx_tokens else ""
+            answers.append(text)
+            pred, gold = _normalise_answer(text), _normalise_answer(data.answer_texts[i + r])
+            em += float(pred == gold)
+            common = sum((Counter(pred) & Counter(gold)).values())
+            if common:
+                p, rc = common / len(pred), common / len(gold)
+                f1 += 2 * p * rc / (p + rc)
+    return {"exact_match": em / max(1, n), "f1": f1 / max(1, n), "n": n, "answers": answers}

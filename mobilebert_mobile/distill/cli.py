@@ -51,7 +51,7 @@ def register(sub) -> None:
                                    "rows (question, context, answer_text, answer_start).")
     s.add_argument("checkpoint", help="checkpoint directory (our family or BERT layout)")
     s.add_argument("--train", required=True, help="training file")
-    s.add_argument("--eval", help="labelled file to report accuracy on (classification)")
+    s.add_argument("--eval", help="held-out file: accuracy (classification) or exact match / F1 (qa)")
     s.add_argument("--out", required=True)
     s.add_argument("--task", default="classification", choices=["classification", "qa"])
     s.add_argument("--teacher", help="fine-tuned teacher checkpoint for task distillation")
@@ -102,8 +102,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .api import evaluate, finetune
-    from .data import DataError, read_labelled
+    from .api import evaluate, evaluate_qa, finetune
+    from .data import DataError, read_labelled, read_qa
     from .teachers import DistillError
     from .trainer import TrainError
 
@@ -120,11 +120,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                                label_column=args.label_column, label_names=summary["labels"])
             res = evaluate(summary["model"], ev.texts, ev.labels, seq_len=args.seq_len)
             summary["eval"] = {"accuracy": res["accuracy"], "n": res["n"]}
+        elif args.eval:
+            res = evaluate_qa(summary["model"], read_qa(args.eval), seq_len=args.seq_len)
+            summary["eval"] = {"exact_match": res["exact_match"], "f1": res["f1"], "n": res["n"]}
     except (DataError, DistillError, TrainError, ValueError, OSError) as e:
         return _fail(str(e))
     msg = f"model written to {summary['model']} ({summary['steps']} steps, {summary['seconds']} s)"
-    if "eval" in summary:
+    if "eval" in summary and "accuracy" in summary["eval"]:
         msg += f"; accuracy {summary['eval']['accuracy']:.4f} on {summary['eval']['n']} examples"
+    elif "eval" in summary:
+        msg += (f"; exact match {summary['eval']['exact_match']:.4f}, F1 {summary['eval']['f1']:.4f} on "
+                f"{summary['eval']['n']} examples")
     _report(summary, args.json, msg)
     return 0
 
