@@ -323,8 +323,10 @@ def _layernorm(self, node, a):
     eps = float(at.get("epsilon", 1e-5))
     x = a[0]
     mean = tf.reduce_mean(x, axis=-1, keepdims=True)
-    var = tf.reduce_mean(tf.math.squared_difference(x, mean), axis=-1, keepdims=True)
-    y = (x - mean) * tf.math.rsqrt(var + eps)
+    d = x - mean
+    # d * d, not squared_difference: LiteRT has no 16-bit SQUARED_DIFFERENCE kernel (int16x8 failed)
+    var = tf.reduce_mean(d * d, axis=-1, keepdims=True)
+    y = d * tf.math.rsqrt(var + eps)
     if len(a) > 1 and a[1] is not None:
         y = y * a[1]
     if len(a) > 2 and a[2] is not None:
