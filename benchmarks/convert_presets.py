@@ -20,6 +20,7 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="all")
     ap.add_argument("--layers", type=int, help="override the layer count (default: the preset's)")
     ap.add_argument("--out", default=os.path.join("benchmarks", "results", "presets"))
+    ap.add_argument("--table-only", action="store_true", help="rewrite OUT/presets.md from OUT/presets.jsonl")
     ap.add_argument("--append", action="store_true",
                     help="keep the rows of other presets already in OUT/presets.jsonl (re-run only these)")
     args = ap.parse_args(argv)
@@ -32,6 +33,8 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     rows = []
     jsonl = os.path.join(args.out, "presets.jsonl")
+    if args.table_only:
+        return write_table([json.loads(l) for l in open(jsonl, encoding="utf-8")], args.out)
     wanted = args.presets.split(",")
     if args.append and os.path.exists(jsonl):
         names = {w.split(":")[0] for w in wanted}
@@ -70,6 +73,10 @@ def main(argv=None) -> int:
                 with open(jsonl, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(row) + "\n")
         print(f"{label}: converted in {time.perf_counter() - t:.0f}s", flush=True)
+    return write_table(rows, args.out)
+
+
+def write_table(rows: list[dict], out: str) -> int:
     lines = ["| preset | precision | size MB | max rel diff | agreement (label / cosine) | target met | partitions | "
              "ops outside | ms (2 thr) | conversion s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -82,7 +89,7 @@ def main(argv=None) -> int:
     table = ("Command: `python -m mobilebert_mobile.benchmarks.convert_presets` (random weights with trained-like "
              "norms; the real all-MiniLM-L6-v2), every precision, seq 128, batch 1, 64 calibration + 64 held-out "
              "real sentences; ms = median on 2 threads measured during conversion.\n\n" + "\n".join(lines))
-    with open(os.path.join(args.out, "presets.md"), "w", encoding="utf-8") as fh:
+    with open(os.path.join(out, "presets.md"), "w", encoding="utf-8") as fh:
         fh.write(table + "\n")
     print(table)
     return 0
