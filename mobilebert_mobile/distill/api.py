@@ -160,16 +160,21 @@ def _task_model(checkpoint: str, task: str, label_names: list[str] | None):
     return model
 
 
+def _model_and_tokenizer(model_or_dir, task: str, seq_len: int):
+    """A task model in eval mode (given, or loaded from a checkpoint directory) and its tokenizer."""
+    if isinstance(model_or_dir, (str, os.PathLike)):
+        model, _, _ = load_task_model(model_or_dir, task)
+        tok, _ = _tokenizer_for(os.fspath(model_or_dir), seq_len)
+    else:
+        model, (tok, _) = model_or_dir, _tokenizer_for(None, seq_len)
+    return model.eval(), tok
+
+
 @torch.no_grad()
 def predict_logits(model_or_dir, texts: list[str], pairs: list[str] | None = None, *, seq_len: int = 128,
                    batch_size: int = 64) -> torch.Tensor:
     """[N, C] classifier logits (for task distillation with a fixed teacher)."""
-    if isinstance(model_or_dir, (str, os.PathLike)):
-        model, _, _ = load_task_model(model_or_dir, "classification")
-        tok, _ = _tokenizer_for(os.fspath(model_or_dir), seq_len)
-    else:
-        model, (tok, _) = model_or_dir, _tokenizer_for(None, seq_len)
-    model.eval()
+    model, tok = _model_and_tokenizer(model_or_dir, "classification", seq_len)
     out = []
     for i in range(0, len(texts), batch_size):
         enc = tok(texts[i:i + batch_size], None if pairs is None else pairs[i:i + batch_size], max_length=seq_len)
@@ -182,13 +187,9 @@ def predict_logits(model_or_dir, texts: list[str], pairs: list[str] | None = Non
 def evaluate(model_or_dir, texts: list[str], labels: list[int], *, seq_len: int = 128, batch_size: int = 64,
              vocab: str | None = None) -> dict:
     """Accuracy of a classifier (a model or a checkpoint directory) on labelled texts."""
-    if isinstance(model_or_dir, (str, os.PathLike)):
-        model, _, _ = load_task_model(model_or_dir, "classification")
-        tok, _ = _tokenizer_for(os.fspath(model_or_dir), seq_len)
-    else:
-        model = model_or_dir
-        tok, _ = _tokenizer_for(vocab and os.path.dirname(vocab), seq_len)
-    model.eval()
+    model, tok = _model_and_tokenizer(model_or_dir, "classification", seq_len)
+    if vocab and not isinstance(model_or_dir, (str, os.PathLike)):
+        tok, _ = _tokenizer_for(os.path.dirname(vocab), seq_len)
     preds = []
     for i in range(0, len(texts), batch_size):
         enc = tok(texts[i:i + batch_size], max_length=seq_len)
@@ -251,12 +252,7 @@ def evaluate_qa(model_or_dir, data, *, seq_len: int = 128, batch_size: int = 32,
     start <= end, at most ``max_answer_tokens``)."""
     from collections import Counter
 
-    if isinstance(model_or_dir, (str, os.PathLike)):
-        model, _, _ = load_task_model(model_or_dir, "qa")
-        tok, _ = _tokenizer_for(os.fspath(model_or_dir), seq_len)
-    else:
-        model, (tok, _) = model_or_dir, _tokenizer_for(None, seq_len)
-    model.eval()
+    model, tok = _model_and_tokenizer(model_or_dir, "qa", seq_len)
     em = f1 = 0.0
     answers = []
     n = len(data.questions)
