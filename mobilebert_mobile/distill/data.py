@@ -188,15 +188,18 @@ def read_qa(path: str | os.PathLike) -> QAData:
 
 
 # ------------------------------------------------------------------ tensors and batches
-def encode_corpus(tokenizer, texts: list[str], seq_len: int, *, windows: bool = True) -> dict[str, torch.Tensor]:
-    """Texts -> [N, seq_len] tensors; long texts become several non-overlapping windows."""
-    enc = tokenizer(texts, max_length=seq_len, return_overflowing=windows)
+def to_tensors(enc) -> dict[str, torch.Tensor]:
+    """A tokenizer Encoding's int32 numpy inputs as int64 tensors (what the PyTorch models take)."""
     return {k: torch.from_numpy(v.astype("int64")) for k, v in enc.model_inputs().items()}
 
 
+def encode_corpus(tokenizer, texts: list[str], seq_len: int, *, windows: bool = True) -> dict[str, torch.Tensor]:
+    """Texts -> [N, seq_len] tensors; long texts become several non-overlapping windows."""
+    return to_tensors(tokenizer(texts, max_length=seq_len, return_overflowing=windows))
+
+
 def encode_labelled(tokenizer, data: LabelledData, seq_len: int) -> dict[str, torch.Tensor]:
-    enc = tokenizer(data.texts, data.pairs, max_length=seq_len)
-    t = {k: torch.from_numpy(v.astype("int64")) for k, v in enc.model_inputs().items()}
+    t = to_tensors(tokenizer(data.texts, data.pairs, max_length=seq_len))
     t["labels"] = torch.tensor(data.labels, dtype=torch.long)
     return t
 
@@ -221,7 +224,7 @@ def encode_qa(tokenizer, data: QAData, seq_len: int) -> dict[str, torch.Tensor]:
             s = e = 0
         starts.append(s)
         ends.append(e)
-    t = {k: torch.from_numpy(v.astype("int64")) for k, v in enc.model_inputs().items()}
+    t = to_tensors(enc)
     t["start_positions"] = torch.tensor(starts)
     t["end_positions"] = torch.tensor(ends)
     return t

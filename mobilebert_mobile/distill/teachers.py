@@ -142,19 +142,16 @@ def copy_from_teacher(student: nn.Module, teacher: Teacher) -> list[str]:
         copied.append("embeddings.LayerNorm")
     tw = te.word_embeddings.weight  # [V, Et]
     sw = se.word_embeddings.weight  # [V, Es]
-    if te.project:
-        tw_eff = None  # teacher has its own projection: only an exact copy is meaningful
-    else:
-        tw_eff = tw
     if sw.shape == tw.shape and se.trigram_input == te.trigram_input:
         sw.copy_(tw)
         if se.project and te.project:
             se.embedding_transformation.weight.copy_(te.embedding_transformation.weight)
             se.embedding_transformation.bias.copy_(te.embedding_transformation.bias)
         copied.append("embeddings.word_embeddings")
-    elif tw_eff is not None and se.project and tw_eff.shape[1] == se.embedding_transformation.out_features:
+    # low-rank start only when the teacher table is its block input (no projection of its own)
+    elif not te.project and se.project and tw.shape[1] == se.embedding_transformation.out_features:
         k = sw.shape[1]
-        u, s, vh = torch.linalg.svd(tw_eff.float(), full_matrices=False)  # tw = u s vh
+        u, s, vh = torch.linalg.svd(tw.float(), full_matrices=False)  # tw = u s vh
         sw.copy_(u[:, :k] * s[:k])
         w = se.embedding_transformation.weight  # [H, 3k] (trigram) or [H, k]
         w.zero_()

@@ -16,13 +16,12 @@ good one. ``resume=True`` continues from ``state.pt`` and refuses one of another
 """
 from __future__ import annotations
 
-import json
 import hashlib
-import math
+import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -157,8 +156,6 @@ def train(task, batches: Batches, cfg: TrainConfig) -> dict:
                              f"{', '.join(diff) or 'training settings'}); use a new --out or drop --resume")
         module.load_state_dict(resumed["module"])
         start_stage, start_step, global_step = resumed["stage"], resumed["step"], resumed["global_step"]
-    elif cfg.resume:
-        pass  # nothing to resume: start fresh
     metrics = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), rank == 0)
     stages = task.stages
     total = sum(s.steps for s in stages)

@@ -330,26 +330,21 @@ class Listener:
     def close(self) -> None:
         """Stop accepting and drop every live connection (a pulled cable)."""
         self._stop.set()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        _drop(self.sock)
         for c in self.conns:
-            try:
-                c.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            try:
-                c.sock.close()
-            except OSError:
-                pass
+            _drop(c.sock)
         deadline = time.time() + 2
         while time.time() < deadline and not all(c.dead.is_set() for c in self.conns):
             time.sleep(0.01)
 
 
 __all__ = ["Listener", "shell_service", "sync_service", "pack"]
+
+
+def _drop(sock: socket.socket) -> None:
+    """Shut down and close a socket, ignoring one that is already gone."""
+    for step in (lambda: sock.shutdown(socket.SHUT_RDWR), sock.close):
+        try:
+            step()
+        except OSError:
+            pass
