@@ -192,7 +192,6 @@ def _demo_default_model(args) -> int:
     host latency -> attached phones, if any -> Predictor on real sentences + held-out accuracy."""
     import numpy as np
 
-    from . import assets
     from .converters import convert
     from .distill import default_model
     from .runtime import Predictor
@@ -222,13 +221,15 @@ def _demo_default_model(args) -> int:
                 f"(seq {args.seq_len}, 2 threads, LiteRT/XNNPACK)")
     report["phones"] = _demo_phones(bundle, say)
     p = Predictor.load(bundle, num_threads=args.threads)
-    train, test = default_model.split_rotten_tomatoes()
+    _, test = default_model.split_rotten_tomatoes()
     texts, labels = [t for t, _ in test], [y for _, y in test]
     t0 = time.perf_counter()
     res = p.predict(texts)
     dt = time.perf_counter() - t0
     acc = float(np.mean([r["label"] == ("positive" if y else "negative") for r, y in zip(res, labels)]))
-    report["predictor"] = {"model": p.info.get("model") if hasattr(p, "info") else None,
+    with open(os.path.join(bundle, "bundle.json"), encoding="utf-8") as fh:
+        default = json.load(fh)["default_model"]
+    report["predictor"] = {"model": default,
                            "held_out_accuracy": acc, "sentences_per_s": round(len(texts) / dt, 1)}
     say(f"[predict] Predictor.load('{bundle}'): held-out accuracy {acc:.3f} on {len(texts)} sentences "
         f"({len(texts) / dt:.0f} sentences/s); a few of them:")

@@ -14,7 +14,7 @@ from mobilebert_mobile import assets  # noqa: E402
 from mobilebert_mobile.config import MobileBertConfig  # noqa: E402
 from mobilebert_mobile.distill import api  # noqa: E402
 from mobilebert_mobile.distill.data import (Batches, DataError, mask_tokens, read_labelled, read_qa,  # noqa: E402
-                                            read_texts, sentence_order, step_generator)
+                                            read_texts, sentence_order, step_generator, to_tensors)
 from mobilebert_mobile.distill.strategies import lr_scale_fn, plan  # noqa: E402
 from mobilebert_mobile.distill.teachers import (DistillError, check_pair, load_teacher,  # noqa: E402
                                                 matching_student_config)
@@ -109,10 +109,6 @@ def test_progressive_stage_trains_only_what_it_should(teacher_dir, corpus, tmp_p
     data = encode_corpus(Tokenizer.from_file(assets.vocab_path()), corpus, 24)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     snap = {}
-
-    class Spy(DistillTask):
-        pass
-
     orig_begin = task.begin_stage
 
     def begin(stage):
@@ -208,7 +204,6 @@ def test_ddp_two_processes_match_one(teacher_dir, corpus, tmp_path):
                           str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = weights(tmp_path / "one" / "model"), weights(tmp_path / "two" / "model")
-    changed = 0
     for k in a:
         assert torch.allclose(a[k], b[k], atol=2e-5, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
     init = json.load(open(tmp_path / "two" / "model" / "training.json"))["distill"]
@@ -274,7 +269,7 @@ def test_masking_and_sentence_order_are_deterministic():
     from mobilebert_mobile.tokenizer import Tokenizer
     tok = Tokenizer.from_file(assets.vocab_path())
     enc = tok(assets.sample_sentences(4), max_length=64)  # short rows: room for the second [SEP]
-    b = {k: torch.from_numpy(v.astype("int64")) for k, v in enc.model_inputs().items()}
+    b = to_tensors(enc)
     m1 = mask_tokens(b, step_generator(0, 5), vocab_size=30522, mask_id=103, special_ids=(0, 101, 102))
     m2 = mask_tokens(b, step_generator(0, 5), vocab_size=30522, mask_id=103, special_ids=(0, 101, 102))
     assert torch.equal(m1["input_ids"], m2["input_ids"]) and (m1["labels"] != -100).any()
@@ -404,3 +399,23 @@ def test_out_of_memory_suggests_a_smaller_batch(teacher_dir, corpus, tmp_path, m
     monkeypatch.setattr(tasks.DistillModule, "forward", oom)
     with pytest.raises(TrainError, match="out of memory at global batch 8: try a smaller --batch-size"):
         run(teacher_dir, corpus, tmp_path, steps=2)
+
+
+def test_default_model_cache_reuses_only_complete_records(tmp_path, monkeypatch):
+    from mobilebert_mobile.distill import default_model
+
+    class Rebuilt(Exception):
+        pass
+
+    def no_training(*a, **k):
+        raise Rebuilt
+
+    monkeypatch.setattr(api, "distill", no_training)
+    settings = dict(distill_steps=180, finetune_epochs=1.5, seq_len=64, batch_size=32, imdb=1500)
+    rec = {k: 1 for k in default_model.RECORD_KEYS} | {"model": str(tmp_path), "settings": settings}
+    (tmp_path / "default-model.json").write_text(json.dumps(rec))
+    assert default_model.build(str(tmp_path), say=lambda *a: None)["cached"] is True
+    del rec["student_parameters"]  # a record of an older version
+    (tmp_path / "default-model.json").write_text(json.dumps(rec))
+    with pytest.raises(Rebuilt):
+        default_model.build(str(tmp_path), say=lambda *a: None)

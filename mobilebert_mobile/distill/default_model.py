@@ -20,6 +20,7 @@ from .. import assets
 from .._io import atomic_write_text
 
 VERSION = "v1"
+RECORD_KEYS = {"model", "settings", "distill_s", "finetune_s", "held_out_accuracy", "held_out", "student_parameters"}
 
 
 def split_rotten_tomatoes(held_out: int = 1000, seed: int = 13):
@@ -45,7 +46,8 @@ def build(out_dir: str | None = None, *, distill_steps: int = 180, finetune_epoc
     if os.path.isfile(record_path):
         with open(record_path, encoding="utf-8") as fh:
             rec = json.load(fh)
-        if rec.get("settings") == settings and os.path.isdir(rec.get("model", "")):
+        complete = RECORD_KEYS <= set(rec)  # a record written by an older version is rebuilt
+        if complete and rec.get("settings") == settings and os.path.isdir(rec.get("model", "")):
             rec["cached"] = True
             return rec
     torch.set_num_threads(max(1, os.cpu_count() or 1))
