@@ -99,9 +99,13 @@ def test_other_tasks(tmp_path, task, outputs):
 
 def test_gelu_layernorm_preset_converts(tmp_path):
     ck = make_checkpoint(tmp_path / "ck", preset="mobilebert-no-opt", layers=1)
-    r = convert(ck, tmp_path / "b", precisions=("fp32",), **FAST)
-    inv = r["stages"][-1]["inventory"]["ops"]
-    assert inv.get("GELU") == 4 and r["stages"][-1]["max_rel_diff"] < 1e-4
+    r = convert(ck, tmp_path / "b", precisions=("fp32", "int16x8"), **FAST)
+    fp32, int16 = (s for s in r["stages"] if s["stage"].startswith("tflite"))
+    inv = fp32["inventory"]["ops"]
+    assert inv.get("GELU") == 4 and fp32["max_rel_diff"] < 1e-4
+    # LayerNorm's variance is lowered as mean(d*d): LiteRT has no 16-bit SQUARED_DIFFERENCE, and
+    # int16x8 of a LayerNorm model failed at its first run before that
+    assert "SQUARED_DIFFERENCE" not in inv and int16["label_agreement"] >= 0.99
 
 
 # ----------------------------------------------------------------------------- bad input
