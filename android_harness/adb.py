@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import os
 import re
+import selectors
 import shlex
 import shutil
 import subprocess
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 
 ENV_VAR = "MOBILEBERT_ADB"
 INSTALL_HINT = ("adb (the Android Debug Bridge client) was not found: install Debian/Ubuntu's package "
@@ -55,14 +58,33 @@ def find_adb(path: str | None = None) -> str:
 
 @dataclass
 class ShellResult:
-    rc: int
+    rc: int | None
     stdout: str
     stderr: str
+    # (1 stdout | 2 stderr, bytes) in the order they arrived: shell v2 keeps the streams apart, the order
+    # between them is only known from when the client wrote them
+    chunks: list = field(default_factory=list, repr=False)
 
     @property
     def output(self) -> str:
+        """stdout and stderr interleaved in the order they arrived."""
+        if self.chunks:
+            return b"".join(b for _, b in self.chunks).decode("utf-8", "replace")
         return self.stdout + (("\n" if self.stdout and not self.stdout.endswith("\n") else "") + self.stderr
                               if self.stderr else "")
+
+    def tail(self, n: int = 4, limit: int = 400) -> str:
+        """The last ``n`` non-empty lines (both streams, arrival order), joined with `` | ``."""
+        lines = [ln.strip() for ln in self.output.splitlines() if ln.strip()]
+        return " | ".join(lines[-n:])[-limit:]
+
+
+class ShellStopped(DeviceError):
+    """``adb shell`` was stopped (timeout or stop event); ``partial`` holds the output that came so far."""
+
+    def __init__(self, serial: str | None, message: str, kind: str, partial: ShellResult):
+        super().__init__(serial, message, kind)
+        self.partial = partial
 
 
 _DEVICE_ERR = re.compile(r"error: (device offline|device unauthorized|device '.*' not found|device not found|"
@@ -147,18 +169,66 @@ class Adb:
                                        "with --resume", "disconnected")
         return DeviceError(serial, f"{action} failed: {stderr.strip() or 'adb returned an error'}", "error")
 
+    def _shell_streams(self, serial: str, command: str, timeout: float, what: str,
+                       stop: threading.Event | None) -> ShellResult:
+        """``adb shell`` reading stdout and stderr as they come (their order kept in ``chunks``); on timeout or
+        ``stop`` the client is killed and ShellStopped carries what came so far."""
+        cmd = [self.path, "-s", serial, "shell", command]
+        try:
+            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        except OSError as e:
+            raise AdbError(f"cannot run {self.path}: {e}") from None
+        sel = selectors.DefaultSelector()
+        sel.register(p.stdout, selectors.EVENT_READ, 1)
+        sel.register(p.stderr, selectors.EVENT_READ, 2)
+        chunks: list[tuple[int, bytes]] = []
+        deadline = time.monotonic() + timeout
+        why = None
+        try:
+            while sel.get_map():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    why = "timeout"
+                    break
+                if stop is not None and stop.is_set():
+                    why = "interrupted"
+                    break
+                # stdout before stderr when both are ready: the tool logs INFO to stdout, errors to stderr
+                for key, _ in sorted(sel.select(min(left, 0.1)), key=lambda kv: kv[0].data):
+                    data = os.read(key.fd, 65536)
+                    if data:
+                        chunks.append((key.data, data))
+                    else:
+                        sel.unregister(key.fileobj)
+        finally:
+            sel.close()
+            if why:
+                p.kill()
+            rc = p.wait()
+            p.stdout.close()
+            p.stderr.close()
+        res = ShellResult(None if why else rc, b"".join(b for i, b in chunks if i == 1).decode("utf-8", "replace"),
+                          b"".join(b for i, b in chunks if i == 2).decode("utf-8", "replace"), chunks)
+        if why == "timeout":
+            raise ShellStopped(serial, f"{what} did not finish within {timeout:g} s (timed out)", "timeout", res)
+        if why:
+            raise ShellStopped(serial, f"{what} was interrupted", "interrupted", res)
+        return res
+
     def shell(self, serial: str, command: str, *, timeout: float | None = None, what: str | None = None,
-              check: bool = False) -> ShellResult:
-        """Run one command line on the device (shell v2: the exit code comes back)."""
-        r = self.run(["shell", command], serial=serial, timeout=timeout, what=what or f"`{command[:60]}`")
-        res = ShellResult(r.returncode, r.stdout.decode("utf-8", "replace"), r.stderr.decode("utf-8", "replace"))
+              check: bool = False, stop: threading.Event | None = None) -> ShellResult:
+        """Run one command line on the device (shell v2: the exit code comes back). On timeout (or when
+        ``stop`` is set) the local client is killed and ShellStopped is raised: the command may still be
+        running on the device."""
+        what = what or f"`{command[:60]}`"
+        res = self._shell_streams(serial, command, self.timeout if timeout is None else timeout, what, stop)
         if res.rc != 0 and (_DEVICE_ERR.search(res.stderr.strip().splitlines()[0] if res.stderr.strip() else "")
                             or (res.rc == 255 and not res.stdout)):
-            problem = self._device_failed(serial, res.stderr, what or "adb shell")
+            problem = self._device_failed(serial, res.stderr, what)
             if problem.kind != "error":  # the device is gone; otherwise the command itself failed
                 raise problem
         if check and res.rc != 0:
-            raise DeviceError(serial, f"{what or command!r} failed (exit {res.rc}): "
+            raise DeviceError(serial, f"{what} failed (exit {res.rc}): "
                                       f"{(res.stderr or res.stdout).strip()[:300]}")
         return res
 

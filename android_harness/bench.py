@@ -20,12 +20,13 @@ from dataclasses import asdict, dataclass, field
 
 from .._io import atomic_write_text, sha256_file
 from . import binary as binmod
-from .adb import Adb, AdbError, DeviceError, sh_join
-from .devices import cpu_state, device_facts, free_kb, thermal_state
-from .model_info import ModelFormatError, bert_value_ranges, tflite_inputs
+from .adb import Adb, AdbError, DeviceError, ShellStopped, sh_join
+from .devices import cores_for_threads, cpu_mask, cpu_state, device_facts, free_kb, thermal_state
+from .model_info import ModelFormatError, bert_value_ranges, check_input_layers, tflite_inputs
 from .parse import ParseError, parse_output
 
 WORK_DIR = "/data/local/tmp/mobilebert-mobile"
+REMOTE_BIN = f"{WORK_DIR}/benchmark_model"
 DELEGATES = {"cpu": ["--use_xnnpack=false"], "xnnpack": ["--use_xnnpack=true"],
              "gpu": ["--use_gpu=true"], "nnapi": ["--use_nnapi=true"]}
 SCHEMA = 1
@@ -81,11 +82,22 @@ class ModelSpec:
     def range_flag(self) -> str:
         return ":".join(f"{n},{lo},{hi}" for n, lo, hi in self.ranges)
 
+    def input_flags(self) -> list[str]:
+        """``--input_layer``, ``--input_layer_shape`` and ``--input_layer_value_range`` for benchmark_model.
+
+        The tool builds its input list from --input_layer alone (a range naming anything else aborts it with
+        ``FATAL: Cannot find the corresponding input_layer name``) and matches that list to the model's inputs
+        by position (a differing name is only a warning), so every input is listed, in the model's order."""
+        names = [i["name"] for i in self.inputs]
+        shapes = [",".join(str(d) for d in i["shape"]) for i in self.inputs]
+        return [f"--input_layer={','.join(names)}", f"--input_layer_shape={':'.join(shapes)}",
+                f"--input_layer_value_range={self.range_flag()}"]
+
     def as_dict(self) -> dict:
         return {"path": self.path, "name": self.name, "sha256": self.sha256, "size_mb": round(self.size / 2**20, 3),
                 "precision": self.precision, "vocab_size": self.vocab_size,
                 "inputs": [{"name": i["name"], "dtype": i["dtype"], "shape": i["shape"]} for i in self.inputs],
-                "value_ranges": self.range_flag()}
+                "value_ranges": self.range_flag(), "input_flags": self.input_flags()}
 
 
 def _vocab_lines(path: str) -> int:
@@ -133,6 +145,7 @@ def resolve_models(model_or_bundle: str, precision: str | None = None,
     for f, prec in files:
         try:
             inputs = tflite_inputs(f)
+            check_input_layers(inputs)
             ranges = bert_value_ranges(inputs, vocab)
         except ModelFormatError as e:
             raise BenchError(str(e)) from None
@@ -201,6 +214,7 @@ class Options:
     run_timeout: float = 600.0
     transfer_timeout: float = 300.0
     command_timeout: float = 60.0
+    kill_wait: float = 10.0  # seconds to wait for a stopped benchmark_model to go away
     resume: bool = False
     progress: bool = True
     stop: threading.Event = field(default_factory=threading.Event)  # set on Ctrl-C: finish cleanly
@@ -214,8 +228,10 @@ def _safe(s: str) -> str:
 def _signal_text(rc: int) -> str:
     sig = rc - 128 if rc > 128 else None
     if sig:
+        why = {signal.SIGABRT: "the tool aborted: a FATAL check failed", signal.SIGKILL: "killed from outside, "
+               "e.g. by the low-memory killer"}.get(sig, "the tool crashed")
         try:
-            return f" (killed by {signal.Signals(sig).name}: the tool crashed)"
+            return f" (killed by {signal.Signals(sig).name}: {why})"
         except ValueError:
             return f" (signal {sig})"
     return ""
@@ -257,7 +273,9 @@ class DeviceRun:
             except binmod.BinaryError as e:
                 raise DeviceError(self.serial, str(e), "binary") from None
             pushed = True
-            # a work directory left by an interrupted run is ours: remove it before measuring free space
+            # a benchmark_model left running by an interrupted run is ours: stop it, then remove its work
+            # directory before measuring free space
+            self._ensure_none_running()
             self.adb.shell(self.serial, sh_join(["rm", "-rf", WORK_DIR]), timeout=self.opts.command_timeout,
                            what="removing a stale work directory")
             self._check_space(todo)
@@ -290,7 +308,7 @@ class DeviceRun:
     def _push(self, todo) -> None:
         a, t = self.adb, self.opts
         a.shell(self.serial, sh_join(["mkdir", "-p", WORK_DIR]), timeout=t.command_timeout, what="mkdir", check=True)
-        self.remote_bin = f"{WORK_DIR}/benchmark_model"
+        self.remote_bin = REMOTE_BIN
         a.push(self.serial, self.tool["path"], self.remote_bin, timeout=t.transfer_timeout)
         a.shell(self.serial, sh_join(["chmod", "755", self.remote_bin]), timeout=t.command_timeout, what="chmod",
                 check=True)
@@ -305,9 +323,41 @@ class DeviceRun:
             a.push(self.serial, m.path, remote, timeout=t.transfer_timeout)
             self.remote_models[m.sha256] = remote
 
+    # ------------------------------------------------------------------ our processes on the device
+    def _ours_running(self) -> list[int]:
+        """Pids of benchmark_model processes started from our work directory (``pgrep -f``: the full command
+        line; anchored so the shell running pgrep does not match itself)."""
+        res = self.adb.shell(self.serial, sh_join(["pgrep", "-f", "^" + REMOTE_BIN]),
+                             timeout=self.opts.command_timeout, what="pgrep")
+        if res.rc not in (0, 1):
+            raise DeviceError(self.serial, f"cannot list processes on the device (pgrep exit {res.rc}: "
+                                           f"{res.tail(2) or 'no message'})", "error")
+        return [int(x) for x in res.stdout.split() if x.isdigit()]
+
+    def _ensure_none_running(self) -> list[int]:
+        """Stop every benchmark_model of ours still running on the device (SIGKILL by the pushed binary's path)
+        and check that none is left; returns the pids that were stopped."""
+        pids = self._ours_running()
+        if not pids:
+            return []
+        self.log(f"stopping benchmark_model still running on the device (pid {', '.join(map(str, pids))})")
+        deadline = time.monotonic() + self.opts.kill_wait
+        while True:
+            self.adb.shell(self.serial, sh_join(["pkill", "-KILL", "-f", "^" + REMOTE_BIN]),
+                           timeout=self.opts.command_timeout, what="pkill")
+            left = self._ours_running()
+            if not left:
+                return pids
+            if time.monotonic() >= deadline:
+                raise DeviceError(self.serial, f"benchmark_model (pid {', '.join(map(str, left))}) is still running "
+                                               f"on the device after kill -9; reboot the phone "
+                                               "(`adb reboot`) and run again with --resume", "stuck")
+            time.sleep(0.2)
+
     def _cleanup(self) -> None:
         try:
             if self.adb.state(self.serial) == "device":
+                self._ensure_none_running()
                 self.adb.shell(self.serial, sh_join(["rm", "-rf", WORK_DIR]), timeout=self.opts.command_timeout,
                                what="cleaning up")
             else:
@@ -349,8 +399,10 @@ class DeviceRun:
     def _run_one(self, m: ModelSpec, c: Config) -> None:
         o, f = self.opts, self.facts
         key = result_key(self.serial, m.sha256, c.as_dict())
-        cmd = sh_join(["taskset", f["taskset_mask"], self.remote_bin, f"--graph={self.remote_models[m.sha256]}"]
-                      + c.flags() + [f"--input_layer_value_range={m.range_flag()}"])
+        cores = cores_for_threads(f["max_freq_khz"], c.threads)
+        mask = cpu_mask(cores)
+        cmd = sh_join(["taskset", mask, self.remote_bin, f"--graph={self.remote_models[m.sha256]}"]
+                      + c.flags() + m.input_flags())
         rec = {"schema": SCHEMA, "key": key, "status": "ok", "error": None,
                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "device": {k: f.get(k) for k in ("serial", "model", "manufacturer", "device", "soc", "platform",
@@ -360,23 +412,44 @@ class DeviceRun:
                         "sha256": self.tool.get("sha256"), "abi": self.tool.get("abi")},
                "host": {"adb": self.adb.cached_version()},
                "model": m.as_dict(), "config": c.as_dict(),
-               "affinity": {"taskset_mask": f["taskset_mask"], "cores": f["big_cores"]}, "command": cmd}
+               "affinity": {"taskset_mask": mask, "cores": cores,
+                            "max_freq_khz": [f["max_freq_khz"][i] for i in cores]}, "command": cmd}
+        stale = self._ensure_none_running()  # nothing of ours may load the CPU during this run
+        if stale:
+            rec["stopped_before"] = stale
         cool_st, waited, timed_out = self._wait_cool()
         before = cool_st
         cpu_before = cpu_state(self.adb, self.serial, f["cores"], o.command_timeout)
-        self.log(f"{m.name}: {c.threads} thread(s), {c.delegate}, {c.num_runs} runs on cores {f['big_cores']}")
+        self.log(f"{m.name}: {c.threads} thread(s), {c.delegate}, {c.num_runs} runs on cores {cores} (mask {mask})")
         t0 = time.monotonic()
-        out_text, rc, err = "", None, None
+        out_text, rc, err, res = "", None, None, None
         try:
-            res = self.adb.shell(self.serial, cmd, timeout=o.run_timeout, what="benchmark_model")
+            res = self.adb.shell(self.serial, cmd, timeout=o.run_timeout, what="benchmark_model", stop=o.stop)
             out_text, rc = res.output, res.rc
-        except DeviceError as e:
-            if e.kind != "timeout":
-                rec.update(status="failed", error=e.message)
+        except ShellStopped as e:
+            # only the local adb client was killed: the tool may still run on the phone (a real adbd does not
+            # stop a raw shell's process when the host hangs up); stop it there too and check it is gone
+            res, out_text = e.partial, e.partial.output
+            try:
+                rec["stopped_on_device"] = self._ensure_none_running()
+            except DeviceError as e2:
+                rec.update(status="failed", error=f"{e.message}; {e2.message}")
                 self._write(rec, m, c, out_text)
                 raise
+            last = res.tail()
+            if e.kind == "interrupted":
+                msg = ("interrupted during benchmark_model; it was stopped on the device; finished runs are saved, "
+                       "run again with --resume")
+                rec.update(status="failed", error=msg + (f" (last output: {last})" if last else ""))
+                self._write(rec, m, c, out_text)
+                raise DeviceError(self.serial, msg, "interrupted") from None
             err = (f"benchmark_model did not finish within {o.run_timeout:g} s (--run-timeout); it was stopped "
-                   "(a hung delegate or a too large --num_runs?)")
+                   "on the device too (a hung delegate or a too large --num_runs?)"
+                   + (f"; last output: {last}" if last else ""))
+        except DeviceError as e:
+            rec.update(status="failed", error=e.message)
+            self._write(rec, m, c, out_text)
+            raise
         rec["wall_s"] = round(time.monotonic() - t0, 3)
         if err is None:
             # adb 29 exits 0 when the connection drops before the exit code arrives: ask the server
@@ -405,8 +478,8 @@ class DeviceRun:
         if rose:
             self.log(f"thermal status rose from {before['status']} to {after['status']} during the run: flagged")
         if err is None and rc != 0:
-            tail = " | ".join(out_text.strip().splitlines()[-3:])
-            err = f"benchmark_model exited with code {rc}{_signal_text(rc)}: {tail[:300]}"
+            # the lines just before the failure: both streams in the order they arrived
+            err = f"benchmark_model exited with code {rc}{_signal_text(rc)}: {res.tail()}"
         if err is None:
             try:
                 rec["figures"] = parse_output(out_text)
@@ -439,14 +512,14 @@ def run_bench(adb: Adb, serials: list[str], models: list[ModelSpec], configs: li
     """Every device in its own thread; returns one outcome per device (ok/failed/skipped counts, error)."""
     results = Results(results_path)
     runs = [DeviceRun(adb, s, models, configs, results, opts, i) for i, s in enumerate(serials)]
-    if len(runs) == 1:
-        return [runs[0].run()]
+    # even one device runs in a worker thread: Ctrl-C reaches this thread, which sets the stop event so that
+    # each device stops its benchmark on the phone, cleans up and returns
     ex = ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="device")
     futs = [ex.submit(r.run) for r in runs]
     try:
         return [f.result() for f in futs]
     except KeyboardInterrupt:
-        opts.stop.set()  # each phone stops after its current run and cleans up
+        opts.stop.set()  # each phone stops its current run (on the device too) and cleans up
         raise
     finally:
         ex.shutdown(wait=True)

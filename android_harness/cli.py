@@ -21,7 +21,7 @@ def register(sub) -> None:
 
     s = sub.add_parser("bench", help="latency of a model on attached phones (TFLite benchmark_model over adb)",
                        description="Push the model and TFLite's benchmark_model to each device, run it with BERT "
-                                   "inputs (ids in the vocabulary, mask 1, token types 0..1) pinned to the big "
+                                   "inputs (ids in the vocabulary, mask 1, token types 0..1) pinned to the fastest "
                                    "cores, once per configuration (threads x delegate), cooling down in between; "
                                    "append one JSON line per run to the results file.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog=EPILOG_ADB)

@@ -37,6 +37,17 @@ def big_cores(max_khz: list[int | None]) -> list[int]:
     return big or [i for i, f in enumerate(max_khz) if f]
 
 
+def cores_for_threads(max_khz: list[int | None], threads: int) -> list[int]:
+    """The ``threads`` fastest cores: highest cpuinfo_max_freq first, ties to the later cluster (higher core
+    number; Android numbers clusters little to big). 1 or 2 threads on a 4+2+2 phone get the prime cores only
+    (mask 80 / c0), not all big cores; more threads than cores get every core. Sorted by core number."""
+    n = len(max_khz)
+    if threads < 1 or threads >= n:
+        return list(range(n))
+    order = sorted(range(n), key=lambda i: (-(max_khz[i] or 0), -i))
+    return sorted(order[:threads])
+
+
 def cpu_mask(cores: list[int]) -> str:
     return format(sum(1 << c for c in cores), "x")
 

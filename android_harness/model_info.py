@@ -90,6 +90,21 @@ def tflite_inputs(path: str) -> list[dict]:
         raise ModelFormatError(f"{path}: malformed TFLite flatbuffer ({e})") from None
 
 
+def check_input_layers(inputs: list[dict]) -> None:
+    """benchmark_model's --input_layer is a ',' list and --input_layer_shape a ':' list of ',' lists of sizes:
+    every input needs a plain name and a fixed shape (no -1, no empty shape)."""
+    for inp in inputs:
+        name = inp["name"]
+        if not name or "," in name or ":" in name:
+            raise ModelFormatError(
+                f"input tensor {name!r} is empty or contains ':' or ',', which benchmark_model's --input_layer "
+                "cannot name; give the inputs plain names (the project's converter names them input_ids, "
+                "attention_mask, token_type_ids)")
+        if not inp["shape"] or any(d < 1 for d in inp["shape"]):
+            raise ModelFormatError(f"input tensor {name!r} has shape {inp['shape']}: benchmark_model needs a fixed "
+                                   "shape for every input (convert with a fixed batch and sequence length)")
+
+
 def bert_value_ranges(inputs: list[dict], vocab_size: int) -> list[tuple[str, int, int]]:
     """Inclusive integer ranges per input so BERT inputs are valid: ids inside the vocabulary, the mask 1,
     token types 0..1. Raises ModelFormatError for an integer input it cannot place."""

@@ -127,6 +127,9 @@ def parse_output(text: str) -> dict:
     res: dict = {}
     stats: list[tuple[int | None, dict]] = []  # (announced minimum iterations, parsed stats)
     announced: int | None = None
+    n_running = 0  # "Running benchmark for at least ..." lines: one for the warm-up, one for the measured runs
+    last_running_answered = True
+    has_timings = False
     fmt = None
     in_results = False
     for line in lines:
@@ -136,6 +139,8 @@ def parse_output(text: str) -> dict:
         m = _RUNNING.search(s)
         if m:
             announced = int(m.group(1))
+            n_running += 1
+            last_running_answered = False
             continue
         if _RESULTS_HEADER.search(s):
             in_results = True
@@ -152,18 +157,21 @@ def parse_output(text: str) -> dict:
         if _STATS.search(s):
             try:
                 stats.append((announced, parse_stats_line(s)))
+                last_running_answered = True
             except ParseError:
                 pass
             announced = None
             continue
         m = _AVG_TIMINGS.search(s)
         if m:
+            has_timings = True
             t = _labelled_us(m.group(1))
             fmt = fmt or "average-timings"
             _timings(res, t)
             continue
         m = _TIMINGS.search(s)
         if m:
+            has_timings = True
             _timings(res, _labelled_us(m.group(1)))
             continue
         m = _INIT_SESSION.search(s)
@@ -183,6 +191,11 @@ def parse_output(text: str) -> dict:
         if m:
             res["peak_memory_mb"] = float(m.group(1))
             continue
+    if n_running and not has_timings and (n_running < 2 or not last_running_answered):
+        # a run killed part-way: its last stats line is the warm-up's (or none), not a measurement
+        where = "after the warm-up runs" if n_running < 2 else "during the measured runs"
+        raise ParseError(f"the output stops {where} (no measured stats line, no 'Inference timings' line): "
+                         "benchmark_model did not finish; the warm-up figures are not a result")
     if stats:
         # the measured runs come last; a preceding line is the warm-up
         measured = stats[-1][1]

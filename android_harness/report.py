@@ -62,7 +62,7 @@ def rows(records: list[dict]) -> list[dict]:
 def markdown(table: list[dict], failures: list[dict], source: str) -> str:
     lines = ["# Phone latency (TFLite benchmark_model over adb)", "",
              f"Source: `{source}`. Times in ms; mean/std/min/max over the measured runs after warm-up, "
-             "pinned to the big cores (taskset); p50/p95 where the tool prints percentiles.", "",
+             "pinned (taskset) to the n fastest cores for n threads; p50/p95 where the tool prints percentiles.", "",
              "| device | SoC | model | threads | delegate | runs | mean | std | min | max | p50 | p95 | init | "
              "first | peak MB | flags |",
              "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
