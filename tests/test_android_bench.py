@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from adb_standin import Profile, pixel2, pixel4
+from adb_standin import Profile, pixel2, pixel4, pixel6
 from conftest_android import *  # noqa: F401,F403
 from conftest_android import adb, fake_elf, run_cli
 
@@ -70,10 +70,15 @@ def test_bench_two_phones_in_parallel_resume_and_report(standin, tiny_model, ben
             (1, "cpu"), (1, "xnnpack"), (2, "cpu"), (2, "xnnpack")]
         assert len(dev.bench_calls) == 4
         for call in dev.bench_calls:
-            assert call["mask"] == "f0"  # the big cores of both profiles
-            assert call["inputs"] == {"input_ids": {"low": 0, "high": 30521, "given": True},
-                                      "attention_mask": {"low": 1, "high": 1, "given": True},
-                                      "token_type_ids": {"low": 0, "high": 1, "given": True}}
+            # the n fastest cores for n threads: the prime core alone, then it and the next fastest
+            assert call["mask"] == {"1": "80", "2": "c0"}[call["flags"]["num_threads"]]
+            # each range reached the input it names: the --input_layer list is in the model's order
+            assert call["inputs"] == {"input_ids": {"low": 0, "high": 30521, "given": True, "flag_name": "input_ids"},
+                                      "attention_mask": {"low": 1, "high": 1, "given": True,
+                                                         "flag_name": "attention_mask"},
+                                      "token_type_ids": {"low": 0, "high": 1, "given": True,
+                                                         "flag_name": "token_type_ids"}}
+            assert call["others_running"] == []
             assert call["flags"]["num_runs"] == "3" and call["flags"]["report_peak_memory_footprint"] == "true"
         assert {c["flags"]["num_threads"] for c in dev.bench_calls} == {"1", "2"}
         assert dev.files() == []  # the work directory is gone
@@ -327,9 +332,11 @@ def test_benchmark_hang_times_out(standin, tiny_model, bench_binary, tmp_path):
     rec = lines(res)[0]
     assert rec["status"] == "failed" and "did not finish within 2 s" in rec["error"]
     deadline = time.time() + 5
-    while time.time() < deadline and not d.bench_calls[0].get("cancelled"):
+    while time.time() < deadline and not d.bench_calls[0].get("killed"):
         time.sleep(0.05)
-    assert d.bench_calls[0].get("cancelled")  # the stream was closed, the device process stopped
+    assert d.bench_calls[0].get("killed")  # stopped on the device, not only the local adb client
+    assert d.running() == [] and d.kills and d.kills[0]["signal"] == 9
+    assert "stopped on the device too" in rec["error"] and rec["stopped_on_device"]
     assert d.files() == []
 
 
@@ -404,3 +411,109 @@ def test_interrupt_stops_each_phone_cleanly(standin, tiny_model, bench_binary, t
     assert by[a.serial]["kind"] == "interrupted" and by[a.serial]["ok"] == 0  # was cooling down
     assert "--resume" in by[a.serial]["error"]
     assert a.files() == [] and b.files() == []
+
+
+# ------------------------------------------------------------------------------------------ issue 13
+def test_input_layers_follow_the_model_input_order(standin, tiny_model, bench_binary, tmp_path):
+    """--input_layer lists every input in the model's own order (the tool matches by position); with the real
+    tool's handling a range without --input_layer aborts, so the run only succeeds with all three flags."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_path=tiny_model).get_input_details()
+    order = [x["name"] for x in details]
+    d = standin(pixel4())
+    res = tmp_path / "r.jsonl"
+    rc, out, err = bench(tiny_model, d.serial, res, "--threads", "1", "--benchmark-binary", bench_binary)
+    assert rc == 0, err + out
+    call = d.bench_calls[0]
+    assert call["flags"]["input_layer"] == ",".join(order)
+    assert call["flags"]["input_layer_shape"] == ":".join(",".join(map(str, x["shape"])) for x in details)
+    assert [r.split(",")[0] for r in call["flags"]["input_layer_value_range"].split(":")] == order
+    assert all(v["flag_name"] == k and v["given"] for k, v in call["inputs"].items())
+    raw = open(lines(res)[0]["raw_output"]).read()
+    assert "WARN: Tensor #" not in raw and "Unconsumed" not in raw
+
+
+def test_cores_per_thread_count_on_a_pixel6(standin, tiny_model, bench_binary, tmp_path):
+    """4 little 1.8 GHz + 2 mid 2.25 GHz + 2 prime 2.8 GHz: 1-2 threads on the prime cores only."""
+    d = standin(pixel6())
+    res = tmp_path / "r.jsonl"
+    rc, out, err = bench(tiny_model, d.serial, res, "--threads", "1,2,4,8", "--benchmark-binary", bench_binary)
+    assert rc == 0, err + out
+    by = {r["config"]["threads"]: r["affinity"] for r in lines(res)}
+    assert by[1] == {"taskset_mask": "80", "cores": [7], "max_freq_khz": [2802000]}
+    assert by[2] == {"taskset_mask": "c0", "cores": [6, 7], "max_freq_khz": [2802000] * 2}
+    assert by[4] == {"taskset_mask": "f0", "cores": [4, 5, 6, 7], "max_freq_khz": [2253000] * 2 + [2802000] * 2}
+    assert by[8]["taskset_mask"] == "ff" and by[8]["cores"] == list(range(8))
+    assert [c["mask"] for c in d.bench_calls] == ["80", "c0", "f0", "ff"]
+    from mobilebert_mobile.android_harness.devices import cores_for_threads
+
+    assert cores_for_threads([1785600] * 4 + [2419200] * 3 + [2841600], 2) == [6, 7]  # Pixel 4: prime + one big
+
+
+def test_gpu_unavailable_and_failing_delegate_are_failures_with_the_tool_lines(standin, tiny_model, bench_binary,
+                                                                               tmp_path):
+    d = standin(pixel4(gpu_available=False, failing_delegates=("NNAPI",)))
+    res = tmp_path / "r.jsonl"
+    rc, out, err = bench(tiny_model, d.serial, res, "--threads", "1", "--delegate", "gpu,nnapi,xnnpack",
+                         "--benchmark-binary", bench_binary)
+    assert rc == 1
+    by = {r["config"]["delegate"]: r for r in lines(res)}
+    assert by["xnnpack"]["status"] == "ok"
+    g = by["gpu"]["error"]
+    assert g.startswith("benchmark_model exited with code 1: ")
+    assert g.endswith("ERROR: Failed to apply GPU delegate. | ERROR: Benchmarking failed.")
+    assert "ERROR: Failed to apply NNAPI delegate." in by["nnapi"]["error"]
+
+
+def test_error_summary_shows_the_lines_just_before_the_abort(standin, tiny_model, bench_binary, tmp_path,
+                                                            monkeypatch):
+    """The FATAL of a range naming an input missing from --input_layer (what every real phone run hit)."""
+    from mobilebert_mobile.android_harness import bench as benchmod
+
+    monkeypatch.setattr(benchmod.ModelSpec, "input_flags",
+                        lambda self: [f"--input_layer_value_range={self.range_flag()}"])  # the old command
+    d = standin(pixel4())
+    res = tmp_path / "r.jsonl"
+    rc, out, err = bench(tiny_model, d.serial, res, "--threads", "1", "--benchmark-binary", bench_binary)
+    assert rc == 1
+    e = lines(res)[0]["error"]
+    assert "exited with code 134 (killed by SIGABRT: the tool aborted" in e
+    assert e.endswith("INFO: STARTING! | FATAL: Cannot find the corresponding input_layer name(attention_mask) in "
+                      "--input_layer as  | Aborted") or "FATAL: Cannot find the corresponding input_layer" in e
+
+
+def test_timeout_after_warmup_stops_the_tool_and_is_not_a_result(standin, tiny_model, bench_binary, tmp_path):
+    d = standin(pixel4(bench_hang_after_warmup=True))
+    res = tmp_path / "r.jsonl"
+    rc, out, err = bench(tiny_model, d.serial, res, "--threads", "1,2", "--run-timeout", "3",
+                         "--benchmark-binary", bench_binary)
+    assert rc == 1
+    recs = lines(res)
+    assert [r["status"] for r in recs] == ["failed", "failed"] and "figures" not in recs[0]
+    assert "did not finish within 3 s" in recs[0]["error"] and "count=" in recs[0]["error"]
+    # each run was killed on the device before the next configuration started
+    assert [c["others_running"] for c in d.bench_calls] == [[], []]
+    assert all(c.get("killed") for c in d.bench_calls) and len(d.kills) >= 2
+    assert d.running() == [] and d.files() == []
+
+
+def test_interrupt_during_a_run_stops_it_on_the_device(standin, tiny_model, bench_binary, tmp_path):
+    import threading
+
+    from mobilebert_mobile.android_harness import binary as binmod
+    from mobilebert_mobile.android_harness.adb import Adb
+    from mobilebert_mobile.android_harness.bench import Config, Options, resolve_models, run_bench
+
+    d = standin(pixel4(bench_hang=True))
+    binmod.install(bench_binary)
+    opts = Options(cooldown_poll=0.1, progress=False, run_timeout=120, log=lambda m: None)
+    threading.Timer(3.0, opts.stop.set).start()
+    t0 = time.time()
+    outs = run_bench(Adb(), [d.serial], resolve_models(tiny_model), [Config(threads=1), Config(threads=2)],
+                     str(tmp_path / "r.jsonl"), opts)
+    assert time.time() - t0 < 60
+    assert outs[0]["kind"] == "interrupted" and len(d.bench_calls) == 1
+    assert d.bench_calls[0].get("killed") and d.running() == [] and d.files() == []
+    rec = lines(tmp_path / "r.jsonl")[0]
+    assert rec["status"] == "failed" and "interrupted" in rec["error"] and rec["stopped_on_device"]

@@ -95,3 +95,16 @@ def test_op_profiling_tables_do_not_disturb_the_timings():
 def test_unparseable_output(text):
     with pytest.raises(ParseError):
         parse_output(text)
+
+
+def test_truncated_log_after_the_warmup_is_an_error_not_a_result():
+    """A run killed after the warm-up stats line: that line is the warm-up's, not a measurement."""
+    text = load("truncated_after_warmup.txt")
+    assert "count=7" in text and "Inference timings" not in text
+    with pytest.raises(ParseError, match="stops after the warm-up runs"):
+        parse_output(text)
+    # killed during the measured runs: the second announcement has no stats line
+    more = text + "\nRunning benchmark for at least 50 iterations and at least 1 seconds but terminate if " \
+                  "exceeding 150 seconds.\n"
+    with pytest.raises(ParseError, match="stops during the measured runs"):
+        parse_output(more)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 import threading
@@ -123,6 +124,21 @@ class FileSystem:
         return None
 
 
+class Process:
+    """A program running on the stand-in (only benchmark_model runs long enough to matter)."""
+
+    def __init__(self, pid: int, argv: list[str]):
+        self.pid, self.argv = pid, argv
+        self.cmdline = " ".join(argv)  # /proc/PID/cmdline with spaces, what pgrep -f matches
+        self.killed = threading.Event()
+        self.signal: int | None = None
+
+    def kill(self, sig: int) -> None:
+        if not self.killed.is_set():
+            self.signal = sig
+            self.killed.set()
+
+
 class StandinDevice:
     def __init__(self, profile: Profile | None = None, root: str | None = None):
         self.profile = profile or Profile()
@@ -138,6 +154,9 @@ class StandinDevice:
         self.running_benchmark = False
         self.current_mask: str | None = None
         self.bench_runs = 0
+        self.processes: dict[int, Process] = {}  # running programs by pid
+        self.next_pid = 4000
+        self.kills: list[dict] = []  # every pkill: signal and pids
         self.lock = threading.Lock()
         self.listener: protocol.Listener | None = None
 
@@ -159,7 +178,23 @@ class StandinDevice:
         if self.listener:
             self.listener.close()
 
+    def spawn(self, argv: list[str]) -> Process:
+        with self.lock:
+            self.next_pid += 1
+            p = self.processes[self.next_pid] = Process(self.next_pid, argv)
+        return p
+
+    def reap(self, p: Process) -> None:
+        with self.lock:
+            self.processes.pop(p.pid, None)
+
+    def running(self, pattern: str = "") -> list[Process]:
+        with self.lock:
+            return [p for p in self.processes.values() if re.search(pattern, p.cmdline)]
+
     def close(self) -> None:
+        for p in self.running():
+            p.kill(9)
         self.disconnect()
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)

@@ -34,6 +34,10 @@ class Profile:
     bench_crash: bool = False          # the benchmark dies with SIGSEGV (exit 139)
     bench_hang: bool = False           # the benchmark never returns
     bench_garbage: bool = False        # the benchmark prints nothing parseable
+    bench_hang_after_warmup: bool = False  # prints the warm-up stats, then never returns
+    gpu_available: bool = True         # False: the GPU delegate cannot start (no OpenCL / GLES 3.1)
+    gpu_init_error: str = "Can not open OpenCL library on this device - dlopen failed: library \"libOpenCL.so\" not found"
+    failing_delegates: tuple = ()      # delegate names (GetName(): NNAPI, GPU, XNNPACK) that fail to apply
     output_format: str = "tflite"      # tflite | litert-percentiles | older | results-block
     extra_props: dict = field(default_factory=dict)
     # the banner's features: without shell_v2 adb uses `shell:` (no exit codes), without stat_v2/ls_v2
@@ -61,6 +65,14 @@ class Profile:
 
 def pixel4(**kw) -> Profile:
     return Profile(**kw)
+
+
+def pixel6(**kw) -> Profile:
+    """Tensor G1: 4x1803000 little (A55) + 2x2253000 mid (A76) + 2x2802000 prime (X1), Android 13."""
+    base = dict(name="oriole", model="Pixel 6", device="oriole", platform="gs101", soc_model="Tensor",
+                release="13", sdk=33, core_max_khz=[1803000] * 4 + [2253000] * 2 + [2802000] * 2)
+    base.update(kw)
+    return Profile(**base)
 
 
 def pixel2(**kw) -> Profile:

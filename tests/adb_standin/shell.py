@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 
 UNSUPPORTED = set("|&<>$`()*?{}")
 
@@ -133,7 +134,13 @@ class Shell:
             return 126
         from .benchmark import run_benchmark
 
-        return run_benchmark(self.device, path, args, out, err, cancel)
+        # its own process: the adb stream closing (``cancel``) does not stop it; pkill does, and a write to the
+        # closed stream ends it (SIGPIPE)
+        proc = self.device.spawn([path] + list(args))
+        try:
+            return run_benchmark(self.device, path, args, out, err, proc)
+        finally:
+            self.device.reap(proc)
 
     def c_true(self, a, out, err, cancel):
         return 0
@@ -283,6 +290,47 @@ class Shell:
             return self.exec(a[1:], out, err, cancel)
         finally:
             self.device.current_mask = None
+
+    def _procs(self, a, err, name):
+        """toybox pgrep/pkill: ``[-SIGNAL] [-f] PATTERN`` (extended regex on the name, or with -f on the
+        whole command line)."""
+        sig, full, pats = 15, False, []
+        for x in a:
+            if x == "-f":
+                full = True
+            elif x.startswith("-") and len(x) > 1 and name == "pkill":
+                s = x[1:]
+                sig = int(s) if s.isdigit() else {"KILL": 9, "TERM": 15, "INT": 2, "HUP": 1}.get(s.upper(), -1)
+                if sig < 0:
+                    err(f"pkill: unknown signal '{s}'\n".encode())
+                    return None, None
+            elif x.startswith("-") and len(x) > 1:
+                err(f"{name}: Unknown option '{x}'\n".encode())
+                return None, None
+            else:
+                pats.append(x)
+        if len(pats) != 1:
+            err(f"{name}: Need 1 argument\n".encode())
+            return None, None
+        rx = re.compile(pats[0])
+        return sig, [p for p in self.device.running() if rx.search(p.cmdline if full else p.argv[0].rsplit("/", 1)[-1])]
+
+    def c_pgrep(self, a, out, err, cancel):
+        _, procs = self._procs(a, err, "pgrep")
+        if procs is None:
+            return 2
+        out("".join(f"{p.pid}\n" for p in procs).encode())
+        return 0 if procs else 1
+
+    def c_pkill(self, a, out, err, cancel):
+        sig, procs = self._procs(a, err, "pkill")
+        if procs is None:
+            return 2
+        for p in procs:
+            p.kill(sig)
+        with self.device.lock:
+            self.device.kills.append({"signal": sig, "pids": [p.pid for p in procs], "time": time.time()})
+        return 0 if procs else 1
 
     def c_dumpsys(self, a, out, err, cancel):
         dev = self.device
