@@ -217,7 +217,7 @@ def test_benchmark_standin_needs_graph_and_matches_inputs_by_position(standin, t
     r = adb("-s", d.serial, "shell", FAST_RUN + f"--input_layer={','.join(wrong)} "
             "--input_layer_shape=1,128:1,128:1,128 " + f"--input_layer_value_range={wrong[0]},7,7")
     assert r.returncode == 0, r.stderr
-    assert f"WARN: Tensor # " in r.stdout and f"is named {order[0]} but flags call it {wrong[0]}" in r.stdout
+    assert "WARN: Tensor # " in r.stdout and f"is named {order[0]} but flags call it {wrong[0]}" in r.stdout
     # the range went to the model's *first* input, whatever its name
     assert d.bench_calls[-1]["inputs"][order[0]] == {"low": 7, "high": 7, "given": True, "flag_name": wrong[0]}
 
