@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from mobilebert_mobile.errors import StageError
 
 ENV_VAR = "MOBILEBERT_ADB"
 INSTALL_HINT = ("adb (the Android Debug Bridge client) was not found: install Debian/Ubuntu's package "
@@ -21,11 +22,11 @@ INSTALL_HINT = ("adb (the Android Debug Bridge client) was not found: install De
                 "SDK platform-tools, or point to it with --adb PATH or the MOBILEBERT_ADB environment variable")
 
 
-class AdbError(RuntimeError):
+class AdbError(StageError):
     """adb itself is missing or broken (affects every device)."""
 
 
-class DeviceError(RuntimeError):
+class DeviceError(StageError):
     """One device failed; ``kind`` says how (unauthorized, offline, disconnected, timeout, no-space, ...)."""
 
     def __init__(self, serial: str | None, message: str, kind: str = "error"):

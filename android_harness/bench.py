@@ -24,6 +24,7 @@ from .adb import Adb, AdbError, DeviceError, ShellStopped, sh_join
 from .devices import cores_for_threads, cpu_mask, cpu_state, device_facts, free_kb, thermal_state
 from .model_info import ModelFormatError, bert_value_ranges, check_input_layers, tflite_inputs
 from .parse import ParseError, parse_output
+from mobilebert_mobile.errors import InputError
 
 WORK_DIR = "/data/local/tmp/mobilebert-mobile"
 REMOTE_BIN = f"{WORK_DIR}/benchmark_model"
@@ -32,7 +33,7 @@ DELEGATES = {"cpu": ["--use_xnnpack=false"], "xnnpack": ["--use_xnnpack=true"],
 SCHEMA = 1
 
 
-class BenchError(ValueError):
+class BenchError(InputError):
     """Bad input for a benchmark (model, options): nothing was run."""
 
 

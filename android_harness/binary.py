@@ -10,6 +10,7 @@ import time
 
 from .._io import atomic_path, atomic_write_text, sha256_file
 from .model_info import ABI_MACHINE, ELF_MACHINES, describe_machine, elf_machine
+from mobilebert_mobile.errors import InputError
 
 WHERE = ("get TensorFlow Lite's prebuilt benchmark tool for Android, `android_aarch64_benchmark_model` "
          "(arm64-v8a; `android_arm_benchmark_model` for armeabi-v7a, `android_x86_64_benchmark_model` for x86_64), "
@@ -19,7 +20,7 @@ WHERE = ("get TensorFlow Lite's prebuilt benchmark tool for Android, `android_aa
          "then pass it once with --benchmark-binary PATH [--abi arm64-v8a]")
 
 
-class BinaryError(ValueError):
+class BinaryError(InputError):
     pass
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import struct
+from mobilebert_mobile.errors import InputError
 
 TENSOR_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 5: "string", 6: "bool",
                 7: "int16", 9: "int8", 10: "float64"}
@@ -12,7 +13,7 @@ ELF_MACHINES = {183: "arm64-v8a", 40: "armeabi-v7a", 62: "x86_64", 3: "x86"}
 ABI_MACHINE = {"arm64-v8a": 183, "armeabi-v7a": 40, "armeabi": 40, "x86_64": 62, "x86": 3}
 
 
-class ModelFormatError(ValueError):
+class ModelFormatError(InputError):
     pass
 
 

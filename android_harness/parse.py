@@ -17,11 +17,12 @@ All times come back in milliseconds. Known forms (see tests/fixtures/benchmark_m
 from __future__ import annotations
 
 import re
+from mobilebert_mobile.errors import InputError
 
 __all__ = ["ParseError", "parse_output", "parse_stats_line"]
 
 
-class ParseError(ValueError):
+class ParseError(InputError):
     """The output carries no latency figures this parser knows."""
 
 

@@ -6,9 +6,10 @@ import os
 
 from .._io import atomic_path, atomic_write_text
 from .bench import Results
+from mobilebert_mobile.errors import InputError
 
 
-class ReportError(ValueError):
+class ReportError(InputError):
     pass
 
 

@@ -25,11 +25,12 @@ import numpy as np
 
 from . import floor, macs
 from .variants import INPUTS, worker
+from mobilebert_mobile.errors import StageError
 
 PEERS_VENV = ".venv-peers"
 
 
-class BenchError(RuntimeError):
+class BenchError(StageError):
     """The suite cannot run with the given options."""
 
 

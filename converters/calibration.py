@@ -5,10 +5,7 @@ import csv
 import json
 import os
 import sys
-
-
-class CalibrationError(ValueError):
-    """The calibration file is missing, empty, not UTF-8, or has no text column."""
+from mobilebert_mobile.errors import CalibrationError  # noqa: F401  (re-exported: defined in errors.py)
 
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "question")
@@ -23,17 +20,27 @@ def _row_item(row: dict, where: str):
     return (str(text), str(pair)) if pair is not None else str(text)
 
 
-def read_texts(path: str | os.PathLike, limit: int | None = None) -> list:
+MAX_TEXT_FILE_BYTES = 1 << 30
+
+
+def read_texts(path: str | os.PathLike, limit: int | None = None, *, what: str = "calibration file") -> list:
     """Texts (str) or pairs ((str, str)) from .txt (one per line; a tab separates a pair),
-    .csv / .tsv (a header with a ``text`` column, optional ``text_pair``) or .jsonl."""
+    .csv / .tsv (a header with a ``text`` column, optional ``text_pair``) or .jsonl.
+    A UTF-8 byte-order mark is accepted; ``what`` names the file in errors."""
     p = os.fspath(path)
+    if os.path.isdir(p):
+        raise CalibrationError(f"{what} {p} is a directory, not a file")
     if not os.path.isfile(p):
-        raise CalibrationError(f"calibration file not found: {p}")
+        raise CalibrationError(f"{what} not found: {p}")
+    if os.path.getsize(p) > MAX_TEXT_FILE_BYTES:
+        raise CalibrationError(f"{what} {p} is larger than {MAX_TEXT_FILE_BYTES >> 30} GiB")
+    with open(p, "rb") as fh:
+        raw = fh.read()
     try:
-        with open(p, encoding="utf-8") as fh:
-            content = fh.read()
-    except UnicodeDecodeError:
-        raise CalibrationError(f"calibration file {p} is not UTF-8 text") from None
+        content = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise CalibrationError(f"{what} {p} is not UTF-8 text (line {line})") from None
     ext = os.path.splitext(p)[1].lower()
     items: list = []
     if ext in (".csv", ".tsv"):
@@ -64,7 +71,7 @@ def read_texts(path: str | os.PathLike, limit: int | None = None) -> list:
                 items.append(line)
     items = [x for x in items if (x[0] if isinstance(x, tuple) else x).strip()]
     if not items:
-        raise CalibrationError(f"calibration file {p} has no non-empty text")
+        raise CalibrationError(f"{what} {p} has no non-empty text")
     return items[:limit] if limit else items
 
 

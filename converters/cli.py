@@ -11,7 +11,9 @@ def register(sub) -> None:
                                    "into a verified bundle: model.onnx, model_<precision>.tflite, vocab, labels, "
                                    "report.json and bundle.json.")
     s.add_argument("checkpoint", help="checkpoint directory (config.json + model.safetensors)")
-    s.add_argument("--out", required=True, help="output bundle directory")
+    s.add_argument("--out", required=True, help="output bundle directory (new or empty; see --force)")
+    s.add_argument("--force", action="store_true", help="replace the earlier bundle in a non-empty --out (whole: "
+                                                        "no stale files are left)")
     s.add_argument("--task", choices=["classification", "embedding", "qa", "mlm"],
                    help="head to export (default: from the checkpoint's architecture)")
     s.add_argument("--precision", default="fp32,int8",
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         heldout_size=args.heldout_size, outputs=tuple(args.outputs.split(",")) if args.outputs else None,
         target=args.target, mask_value=args.mask_value, vocab=args.vocab, lowercase=False if args.cased else None,
         labels=args.labels.split(",") if args.labels else None, include_checkpoint=not args.no_checkpoint,
-        metadata=not args.no_metadata, quiet=args.quiet or args.json)
+        metadata=not args.no_metadata, quiet=args.quiet or args.json, force=args.force)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from mobilebert_mobile.errors import ConversionError  # noqa: F401  (re-exported: defined in errors.py)
 
 TASKS = ("classification", "embedding", "qa", "mlm")
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -15,8 +16,6 @@ DEFAULT_OUTPUTS = {
 }
 KNOWN_OUTPUTS = {"classification": ("probabilities", "logits"), "embedding": ("embedding",),
                  "qa": ("start_logits", "end_logits"), "mlm": ("mlm_logits",)}
-class ConversionError(RuntimeError):
-    """The checkpoint cannot be converted, or a stage disagrees with the one before."""
 
 
 def load_for_export(checkpoint: str | os.PathLike, task: str | None, *, mask_value: float | None):

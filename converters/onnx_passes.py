@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from mobilebert_mobile.errors import StageError
 
 
-class PassError(RuntimeError):
+class PassError(StageError):
     """A pass changed the model's outputs beyond tolerance."""
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from .onnx_passes import Graph
+from mobilebert_mobile.errors import StageError
 
 
-class LoweringError(RuntimeError):
+class LoweringError(StageError):
     """The ONNX graph uses an op or attribute this lowering does not support."""
 
 

@@ -20,6 +20,7 @@ from . import calibration as cal
 from . import verify
 from .export import DEFAULT_OUTPUTS, INPUT_NAMES, KNOWN_OUTPUTS, ConversionError
 from .tflite import PRECISIONS
+from mobilebert_mobile._machine import machine  # noqa: F401  (re-exported for the benchmarks)
 
 FLOAT_TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2}  # max relative output difference of float stages
 DEFAULT_PRECISIONS = ("fp32", "int8")
@@ -37,19 +38,6 @@ def _versions() -> dict:
         except md.PackageNotFoundError:
             pass
     return out
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.platform()}
 
 
 class _Progress:
@@ -93,8 +81,12 @@ def convert(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ta
             heldout_size: int = 100, outputs: tuple[str, ...] | None = None, target: float | None = None,
             mask_value: float = DEFAULT_MASK_VALUE, vocab: str | None = None, lowercase: bool | None = None,
             labels: list[str] | None = None, include_checkpoint: bool = True, metadata: bool = True,
-            quiet: bool = False, progress: Callable[[str], None] | None = None) -> dict:
-    """Convert a checkpoint directory into a verified bundle in ``out_dir``; returns the report."""
+            quiet: bool = False, progress: Callable[[str], None] | None = None, force: bool = False) -> dict:
+    """Convert a checkpoint directory into a verified bundle in ``out_dir``; returns the report.
+
+    The bundle is built in a temporary folder beside ``out_dir`` and moved into place whole at the
+    end: an error or an interrupt leaves nothing behind. A non-empty ``out_dir`` is refused unless
+    ``force`` (and then only when it holds a bundle, which is replaced whole: no stale files)."""
     t_start = time.perf_counter()
     precisions = tuple(PRECISIONS if precisions in ("all", ("all",)) else precisions)
     bad = [p for p in precisions if p not in PRECISIONS]
@@ -106,7 +98,7 @@ def convert(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ta
         raise ConversionError(f"batch size must be a positive integer, got {batch_size!r}")
     ckpt = os.path.abspath(os.fspath(checkpoint_dir))
     out = os.path.abspath(os.fspath(out_dir))
-    _check_output_dir(out)
+    _check_output_dir(out, ckpt, force)
     steps = 7 + len(precisions)
     pr = _Progress(steps, quiet, progress)
 
@@ -171,7 +163,9 @@ def convert(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ta
                                     "heldout_texts": len(held_items)},
                     "versions": _versions(), "machine": machine(), "stages": [], "passes": []}
 
-    tmp = tempfile.mkdtemp(prefix=".convert-", dir=os.path.dirname(out) if not os.path.isdir(out) else out)
+    parent = os.path.dirname(out)
+    _remove_stale_work_dirs(parent, os.path.basename(out))
+    tmp = tempfile.mkdtemp(prefix=f".convert-{os.path.basename(out)}-{os.getpid()}-", dir=parent)
     try:
         # ---------------------------------------------------------- ONNX
         pr.stage("exporting to ONNX (torch.onnx.export, opset 18)")
@@ -265,10 +259,27 @@ def _gate(stage: str, m: dict, tol: float) -> None:
                               f"(max abs {m['max_abs_diff']:.3g}) exceeds {tol:g}; no model written")
 
 
-def _check_output_dir(out: str) -> None:
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _check_output_dir(out: str, ckpt: str, force: bool) -> None:
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConversionError(f"output path exists and is not a directory: {out}")
-    parent = out if os.path.isdir(out) else os.path.dirname(out)
+    if _inside(out, ckpt):
+        raise ConversionError(f"--out {out} is the checkpoint folder or inside it: choose a folder outside "
+                              f"{ckpt}")
+    if os.path.isdir(out) and _inside(ckpt, out):
+        raise ConversionError(f"the checkpoint {ckpt} is inside --out {out}: replacing the output would delete it")
+    if os.path.isdir(out) and os.listdir(out):
+        if not force:
+            raise ConversionError(f"output folder {out} is not empty: choose a new folder, or pass --force to "
+                                  "replace the bundle in it")
+        if not os.path.isfile(os.path.join(out, "bundle.json")):
+            raise ConversionError(f"output folder {out} is not empty and holds no bundle: --force replaces only "
+                                  "an earlier bundle; choose another folder")
+    parent = os.path.dirname(out)
     if not os.path.isdir(parent):
         try:
             os.makedirs(parent, exist_ok=True)
@@ -429,21 +440,63 @@ def _json_default(o):
     return str(o)
 
 
+def _remove_stale_work_dirs(parent: str, name: str) -> None:
+    """Work folders of earlier conversions to the same output whose process is gone (killed with
+    SIGKILL, say): ``.convert-<name>-<pid>-*``."""
+    if not os.path.isdir(parent):
+        return
+    prefix = f".convert-{name}-"
+    for entry in os.listdir(parent):
+        if not entry.startswith(prefix):
+            continue
+        pid = entry[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+        except OSError:
+            pass
+
+
 def _publish(tmp: str, out: str, manifest: dict) -> None:
-    """Move the finished files into ``out`` (each by rename), then write bundle.json last."""
+    """Hash the finished files, write bundle.json into the work folder, then move the folder into
+    place whole: a new ``out`` is one rename; an earlier bundle is renamed aside first and deleted
+    after, so ``out`` never holds a mix of two conversions."""
     from mobilebert_mobile._io import atomic_write_text, sha256_file
 
-    os.makedirs(out, exist_ok=True)
-    names = [e["file"] for e in manifest["models"].values()] + list(manifest["files"])
-    for name in names:
-        dst = os.path.join(out, name)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        os.replace(os.path.join(tmp, name), dst)
+    keep = {e["file"] for e in manifest["models"].values()} | set(manifest["files"]) | {"bundle.json"}
     for e in manifest["models"].values():
-        e["sha256"] = sha256_file(os.path.join(out, e["file"]))
+        e["sha256"] = sha256_file(os.path.join(tmp, e["file"]))
     for name in list(manifest["files"]):
-        manifest["files"][name] = sha256_file(os.path.join(out, name))
-    atomic_write_text(os.path.join(out, "bundle.json"), json.dumps(manifest, indent=2) + "\n")
+        manifest["files"][name] = sha256_file(os.path.join(tmp, name))
+    for root, _, files in os.walk(tmp, topdown=False):  # intermediate files stay out of the bundle
+        for f in files:
+            rel = os.path.relpath(os.path.join(root, f), tmp).replace(os.sep, "/")
+            if rel not in keep:
+                os.unlink(os.path.join(root, f))
+        if root != tmp and not os.listdir(root):
+            os.rmdir(root)
+    atomic_write_text(os.path.join(tmp, "bundle.json"), json.dumps(manifest, indent=2) + "\n")
+    os.chmod(tmp, 0o755 & ~_umask())
+    if os.path.isdir(out) and os.listdir(out):
+        old = tempfile.mkdtemp(prefix=f".convert-{os.path.basename(out)}-{os.getpid()}-old-",
+                               dir=os.path.dirname(out))
+        os.rmdir(old)
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if os.path.isdir(out):
+            os.rmdir(out)
+        os.rename(tmp, out)
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
 
 
 def summary_markdown(report: dict) -> str:

@@ -10,10 +10,7 @@ import csv
 import importlib
 import os
 import sys
-
-
-class AssetError(RuntimeError):
-    """An offline asset package is not installed."""
+from .errors import AssetError  # noqa: F401  (re-exported: defined in errors.py)
 
 
 def _package_dir(module: str, pip_name: str) -> str:

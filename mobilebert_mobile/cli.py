@@ -16,17 +16,16 @@ def _print_json(obj) -> None:
 # --------------------------------------------------------------------------- presets
 def cmd_presets(args) -> int:
     from .config import PRESETS, MobileBertConfig
-    from .modeling import MobileBertModel
+    from .config_params import count_parameters
 
     rows = []
     for name in PRESETS:
         cfg = MobileBertConfig.from_preset(name)
-        model = MobileBertModel(cfg, add_pooling_layer=False)
         rows.append({"preset": name, "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size,
                      "intra": cfg.intra_bottleneck_size, "heads": cfg.num_attention_heads,
                      "ffn": f"{cfg.intermediate_size}x{cfg.num_feedforward_networks}",
                      "act/norm": f"{cfg.hidden_act}/{cfg.normalization_type}",
-                     "backbone_params": model.num_parameters()})
+                     "backbone_params": count_parameters(cfg)})
     if args.json:
         _print_json(rows)
         return 0
@@ -323,31 +322,82 @@ def _version() -> str:
     return __version__
 
 
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    for sub in parser._subparsers._group_actions[0].choices.values():  # every subcommand
+        sub.add_argument("--verbose", action="store_true",
+                         help="show TensorFlow / LiteRT log lines and full warning locations")
+
+
+def _plain_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line, without pointing at our internal source line."""
+    text = f"warning: {message}\n"
+    try:
+        (file or sys.stderr).write(text)
+    except (OSError, ValueError):
+        pass
+
+
+class _Terminated(BaseException):
+    """SIGTERM, turned into an exception so clean-up (temporary folders) runs as on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     # TensorFlow start-up noise off, and oneDNN's reordered float math off (reproducible numbers)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     parser = build_parser()
+    _add_verbose(parser)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from .assets import AssetError
-    from .config import ConfigError
-    from .tokenizer import TokenizerError
+    import contextlib
+    import signal
+    import warnings
 
-    known = (ConfigError, TokenizerError, AssetError, FileNotFoundError, PermissionError)
-    try:
-        return int(args.func(args) or 0)
-    except known as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # errors of ours that carry a clear message
-        if type(e).__name__ in {"CheckpointError", "ConversionError", "BundleError", "PredictorError",
-                                "CalibrationError", "PassError", "LoweringError", "BenchError"}:
+    from ._native_log import NativeLogFilter
+    from .errors import exit_code
+
+    verbose = getattr(args, "verbose", False)
+    if not verbose:
+        warnings.showwarning = _plain_warning
+    with contextlib.ExitStack() as stack:
+        if not verbose:
+            stack.enter_context(NativeLogFilter())
+        if threading_main():
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
+            stack.callback(signal.signal, signal.SIGTERM, previous)
+        try:
+            return int(args.func(args) or 0)
+        except (KeyboardInterrupt, _Terminated) as e:
+            terminated = isinstance(e, _Terminated)
+            print(f"{'terminated (SIGTERM)' if terminated else 'interrupted (Ctrl-C)'}: stopped; nothing "
+                  "half-written was left", file=sys.stderr)
+            return 143 if terminated else 130
+        except BrokenPipeError:
+            # the reader (e.g. `| head`) went away: no traceback, and no second error at exit
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
+        except Exception as e:
+            code = exit_code(e)
+            if code is None and isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError,
+                                               NotADirectoryError)):
+                code = 2
+            if code is None:
+                raise  # a bug: show it in full
             print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
+            return code
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

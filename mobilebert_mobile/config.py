@@ -12,13 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._io import atomic_write_text
+from .errors import ConfigError  # noqa: F401  (re-exported: defined in errors.py)
 
 ACTIVATIONS = ("relu", "relu6", "gelu", "gelu_new", "gelu_pytorch_tanh", "tanh", "silu")
 NORMALIZATIONS = ("no_norm", "layer_norm")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid or inconsistent."""
 
 
 @dataclass
@@ -151,6 +148,9 @@ class MobileBertConfig:
         if self.attention_mask_value is not None:
             need(isinstance(self.attention_mask_value, (int, float)) and self.attention_mask_value < 0,
                  f"attention_mask_value must be a negative number, got {self.attention_mask_value!r}")
+        need(self.architectures is None or (isinstance(self.architectures, list)
+                                            and all(isinstance(a, str) for a in self.architectures)),
+             f"architectures must be a list of class names, got {self.architectures!r}")
         if self.id2label is not None:
             keys = sorted(self.id2label)
             need(keys == list(range(len(keys))),

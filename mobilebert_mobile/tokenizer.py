@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+from .errors import TokenizerError  # noqa: F401  (re-exported: defined in errors.py)
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 DEFAULT_MAX_LENGTH = 128
-
-
-class TokenizerError(ValueError):
-    """Bad tokenizer file or bad text input."""
 
 
 @dataclass
@@ -96,6 +94,9 @@ class Tokenizer:
         if not isinstance(max_length, int) or max_length < 2:
             raise TokenizerError(f"max_length must be an integer >= 2, got {max_length!r}")
         self._tok = backend
+        # The backend's truncation setting is state shared by every call: enabling it and encoding
+        # happen under one lock, so concurrent callers (a shared Predictor) cannot mix settings.
+        self._lock = threading.Lock()
         self._tok.no_truncation()
         self._tok.no_padding()
         self.lowercase = lowercase
@@ -187,6 +188,11 @@ class Tokenizer:
     @staticmethod
     def _check_text(x, where: str) -> str:
         if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError as e:  # a lone surrogate (e.g. from a bad decode): not Unicode text
+                raise TokenizerError(f"{where} has an invalid character {x[e.start]!r} at position {e.start} "
+                                     f"(a lone surrogate, not valid Unicode)") from None
             return x
         if isinstance(x, (bytes, bytearray)):
             raise TokenizerError(f"{where} is bytes; decode it to str first (e.g. b.decode('utf-8'))")
@@ -235,18 +241,20 @@ class Tokenizer:
             strategy = "longest_first" if truncation is True else truncation
             if strategy not in ("longest_first", "only_first", "only_second"):
                 raise TokenizerError(f"unknown truncation strategy {truncation!r}")
-            self._tok.enable_truncation(L, stride=stride, strategy=strategy)
-        else:
-            self._tok.no_truncation()
-        try:
-            if seconds is None:
-                encs = self._tok.encode_batch(firsts) if firsts else []
+        with self._lock:
+            if truncation:
+                self._tok.enable_truncation(L, stride=stride, strategy=strategy)
             else:
-                encs = self._tok.encode_batch(list(zip(firsts, seconds))) if firsts else []
-        except Exception as e:  # tokenizers raises plain Exceptions for e.g. impossible truncation
-            raise TokenizerError(f"cannot encode: {e}") from None
-        finally:
-            self._tok.no_truncation()
+                self._tok.no_truncation()
+            try:
+                if seconds is None:
+                    encs = self._tok.encode_batch(firsts) if firsts else []
+                else:
+                    encs = self._tok.encode_batch(list(zip(firsts, seconds))) if firsts else []
+            except Exception as e:  # tokenizers raises plain Exceptions for e.g. impossible truncation
+                raise TokenizerError(f"cannot encode: {e}") from None
+            finally:
+                self._tok.no_truncation()
         rows, owner, truncated = [], [], []
         for i, e in enumerate(encs):
             cut = bool(e.overflowing)

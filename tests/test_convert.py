@@ -184,6 +184,9 @@ def test_output_dir_problems_and_nothing_overwritten(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
+    with pytest.raises(ConversionError, match="is not empty"):  # a folder of someone else's files
+        convert(ck, out, precisions=("fp32",), **FAST)
+    os.remove(out / "notes.txt")
     # a float stage that disagrees: conversion stops, no model written, nothing else touched
     from mobilebert_mobile.converters import onnx_to_tf
 
@@ -191,7 +194,7 @@ def test_output_dir_problems_and_nothing_overwritten(tmp_path, monkeypatch):
     monkeypatch.setitem(onnx_to_tf._HANDLERS, "Relu", lambda self, n, a: real(self, n, a) * 1.5)
     with pytest.raises(ConversionError, match="tensorflow disagrees with PyTorch"):
         convert(ck, out, precisions=("fp32",), **FAST)
-    assert sorted(os.listdir(out)) == ["notes.txt"]
+    assert os.listdir(out) == [] and sorted(os.listdir(tmp_path)) == ["ck", "file", "out"]
     monkeypatch.setitem(onnx_to_tf._HANDLERS, "Relu", real)
     # disk full while publishing: no partial model, notes untouched
     import mobilebert_mobile.converters.pipeline as C
@@ -202,7 +205,7 @@ def test_output_dir_problems_and_nothing_overwritten(tmp_path, monkeypatch):
     monkeypatch.setattr(C, "_publish", full)
     with pytest.raises(OSError, match="No space left"):
         convert(ck, out, precisions=("fp32",), **FAST)
-    assert sorted(os.listdir(out)) == ["notes.txt"]
+    assert os.listdir(out) == [] and sorted(os.listdir(tmp_path)) == ["ck", "file", "out"]
 
 
 def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):

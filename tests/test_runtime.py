@@ -175,8 +175,8 @@ def test_single_files_and_their_metadata(clf, tmp_path):
 
 def test_bad_inputs(clf):
     p = Predictor.load(clf, model="fp32")
-    for bad, msg in (([], "empty list"), ([None], "text 0 must be a str, got NoneType"),
-                     ([b"x"], "text 0 is bytes"), (b"x", "are bytes"), ([3], "got int"), (None, "must be a str")):
+    for bad, msg in (([], "empty list"), ([None], r"texts\[0\] must be a str, got NoneType"),
+                     ([b"x"], r"texts\[0\] is bytes"), (b"x", "are bytes"), ([3], "got int"), (None, "must be a str")):
         with pytest.raises(PredictorError, match=msg):
             p.predict(bad)
     with pytest.warns(UserWarning, match="empty or whitespace-only"):

@@ -12,16 +12,13 @@ import os
 import torch
 
 from .._io import atomic_path
+from ..errors import CheckpointError  # noqa: F401  (re-exported: defined in errors.py)
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 PT_WEIGHTS_NAME = "pytorch_model.bin"
 # Buffers older transformers versions saved; derived, never loaded.
 IGNORED_KEYS = ("embeddings.position_ids",)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, or does not fit the model."""
 
 
 def _load_safetensors(path: str) -> dict[str, torch.Tensor]:

@@ -6,12 +6,10 @@
 from __future__ import annotations
 
 import numpy as np
+from ..errors import PredictorError  # noqa: F401  (re-exported: defined in errors.py)
+from .tflite_check import check_tflite_file  # noqa: F401  (used by the Predictor before loading)
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-
-
-class PredictorError(ValueError):
-    """Bad input to the Predictor, or a model it cannot serve."""
 
 
 def _check_inputs(where: str, found: dict[str, str]) -> None:
@@ -26,7 +24,10 @@ def _check_inputs(where: str, found: dict[str, str]) -> None:
 
 
 class LiteRTBackend:
+    """One LiteRT interpreter: NOT safe to share between threads (it owns its tensors)."""
+
     name = "litert"
+    thread_safe = False
 
     def __init__(self, path: str, num_threads: int | None = None, use_xnnpack: bool = True):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -66,6 +67,7 @@ class LiteRTBackend:
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    thread_safe = True  # InferenceSession.run may be called concurrently (onnxruntime's documented contract)
 
     def __init__(self, path: str, num_threads: int | None = None):
         import onnxruntime as ort
@@ -92,6 +94,7 @@ class TorchBackend:
     """Runs the bundle's source checkpoint in PyTorch with the bundle's I/O contract."""
 
     name = "torch"
+    thread_safe = True  # forward in inference mode reads the weights only
 
     def __init__(self, checkpoint: str, task: str, outputs: list[str], batch: int, seq_len: int,
                  mask_value: float | None, num_threads: int | None = None):

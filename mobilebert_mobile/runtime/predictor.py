@@ -9,18 +9,22 @@ ai-edge-litert only.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import warnings
 import zipfile
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import numpy as np
 
 from .._batching import run_in_fixed_batches
 from ..bundle import Bundle, BundleError, read_bundle
+from ..errors import TaskMismatchError
 from ..tokenizer import Tokenizer, TokenizerError
-from .backends import LiteRTBackend, OnnxRuntimeBackend, PredictorError, TorchBackend
+from .backends import LiteRTBackend, OnnxRuntimeBackend, PredictorError, TorchBackend, check_tflite_file
 
 BACKENDS = ("litert", "onnxruntime", "torch")
 
@@ -40,9 +44,63 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
+class _BackendPool:
+    """Hands each call a backend of its own. A LiteRT interpreter holds its input and output tensors,
+    so two threads in one interpreter overwrite each other's rows; the pool gives every concurrent
+    call its own interpreter, creating up to ``size`` of them on demand (callers beyond that wait).
+    Backends that are safe to share (``thread_safe``: onnxruntime sessions, the torch model in
+    inference mode) are handed to every caller at once."""
+
+    def __init__(self, first, factory: Callable[[], object], size: int):
+        self._shared = bool(getattr(first, "thread_safe", False))
+        self._factory, self._size = factory, size
+        self._idle, self._created = [first], 1
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator:
+        if self._shared:
+            yield self._idle[0]
+            return
+        with self._cond:
+            while not self._idle and self._created >= self._size:
+                self._cond.wait()
+            be = self._idle.pop() if self._idle else None
+            if be is None:
+                self._created += 1
+        if be is None:
+            try:
+                be = self._factory()
+            except BaseException:
+                with self._cond:
+                    self._created -= 1
+                    self._cond.notify()
+                raise
+        try:
+            yield be
+        finally:
+            with self._cond:
+                self._idle.append(be)
+                self._cond.notify()
+
+    @property
+    def created(self) -> int:
+        return self._created
+
+
 class Predictor:
-    def __init__(self, backend, tokenizer: Tokenizer, meta: _Meta, source: str):
+    """Tokenize, run, post-process.
+
+    Thread safety: one Predictor may be shared by any number of threads. Each concurrent call runs
+    in an interpreter of its own (LiteRT interpreters are not thread-safe); up to ``max_workers``
+    interpreters are created on demand, and further callers wait for a free one. onnxruntime and
+    torch backends are shared as they are (both are safe for concurrent inference).
+    """
+
+    def __init__(self, backend, tokenizer: Tokenizer, meta: _Meta, source: str, *,
+                 factory: Callable[[], object] | None = None, max_workers: int = 1):
         self.backend = backend
+        self._pool = _BackendPool(backend, factory or (lambda: backend), max_workers if factory else 1)
         self.tokenizer = tokenizer
         self.task = meta.task
         self.labels = meta.labels
@@ -54,22 +112,35 @@ class Predictor:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "litert", num_threads: int | None = None, *,
-             use_xnnpack: bool = True, model: str | None = None) -> "Predictor":
-        """Load a bundle directory, or a single .tflite (MediaPipe metadata) or .onnx (our metadata)."""
+             use_xnnpack: bool = True, model: str | None = None, max_workers: int | None = None) -> "Predictor":
+        """Load a bundle directory, or a single .tflite (MediaPipe metadata) or .onnx (our metadata).
+
+        ``max_workers``: how many LiteRT interpreters concurrent callers may use (default 1: calls
+        from several threads take turns on one interpreter with ``num_threads`` threads, which
+        measured the faster choice on 2 cores; see the README).
+        """
         if backend not in BACKENDS:
             raise PredictorError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                        or num_threads < 1):
             raise PredictorError(f"num_threads must be a positive integer, got {num_threads!r}")
+        if max_workers is None:
+            max_workers = 1
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise PredictorError(f"max_workers must be a positive integer, got {max_workers!r}")
         p = os.fspath(path)
         if os.path.isdir(p):
-            return cls._from_bundle(read_bundle(p), backend, num_threads, use_xnnpack, model)
+            return cls._from_bundle(read_bundle(p), backend, num_threads, use_xnnpack, model, max_workers)
         if not os.path.isfile(p):
             raise PredictorError(f"no model at {p}")
+        factory = None
         if p.endswith(".tflite"):
             if backend != "litert":
                 raise PredictorError(f"a .tflite file runs with backend='litert', not {backend!r}")
+            check_tflite_file(p)
             meta = _tflite_meta(p)
-            be = LiteRTBackend(p, num_threads, use_xnnpack)
+            factory = lambda: LiteRTBackend(p, num_threads, use_xnnpack)  # noqa: E731
+            be = factory()
         elif p.endswith(".onnx"):
             if backend != "onnxruntime":
                 raise PredictorError(f"a .onnx file runs with backend='onnxruntime', not {backend!r}")
@@ -77,17 +148,20 @@ class Predictor:
             be = OnnxRuntimeBackend(p, num_threads)
         else:
             raise PredictorError(f"{p}: expected a bundle directory, a .tflite or a .onnx file")
-        return cls(be, _tokenizer(meta, be.seq_len), meta, p)
+        return cls(be, _tokenizer(meta, be.seq_len), meta, p, factory=factory, max_workers=max_workers)
 
     @classmethod
-    def _from_bundle(cls, b: Bundle, backend: str, num_threads, use_xnnpack, model) -> "Predictor":
+    def _from_bundle(cls, b: Bundle, backend: str, num_threads, use_xnnpack, model, max_workers) -> "Predictor":
         meta = _Meta(b.task, b.labels, b.lowercase, b.path("vocab.txt"), None, b.manifest.get("embedding") or {})
+        factory = None
         if backend == "litert":
             path = b.model_path(model)
             if not path.endswith(".tflite"):
                 raise PredictorError(f"{model!r} is not a .tflite model of this bundle; choose one of "
                                      f"{', '.join(b.tflite_models())}")
-            be = LiteRTBackend(path, num_threads, use_xnnpack)
+            check_tflite_file(path)
+            factory = lambda: LiteRTBackend(path, num_threads, use_xnnpack)  # noqa: E731
+            be = factory()
         elif backend == "onnxruntime":
             be = OnnxRuntimeBackend(b.model_path(model or "onnx"), num_threads)
         else:
@@ -100,35 +174,57 @@ class Predictor:
         missing = [o for o in b.output_names if o not in be.output_names]
         if missing:
             raise PredictorError(f"model outputs {be.output_names} lack {missing} named in bundle.json")
-        return cls(be, _tokenizer(meta, be.seq_len), meta, b.root)
+        return cls(be, _tokenizer(meta, be.seq_len), meta, b.root, factory=factory, max_workers=max_workers)
 
     # --------------------------------------------------------------- running
     def _check_texts(self, texts, what: str = "texts") -> list:
-        if isinstance(texts, (str, tuple)):
-            texts = [texts]
+        """The one input rule: a str, or a list of items, each a str or a (text, text_pair) pair (a
+        tuple or list of two str). Anything else (a dict, a set, a bare tuple, bytes, a generator)
+        is an error that names its type, and every bad item is named by its index."""
+        if isinstance(texts, str):
+            return self._check_items([texts], what)
         if isinstance(texts, (bytes, bytearray)):
             raise PredictorError(f"{what} are bytes; decode them to str first")
-        if texts is None or not hasattr(texts, "__len__"):
-            raise PredictorError(f"{what} must be a str or a list of str, got {type(texts).__name__}")
-        texts = list(texts)
+        if isinstance(texts, tuple):
+            raise PredictorError(f"{what} must be a str or a list, got a bare tuple; for one pair of texts "
+                                 f"give a list holding it: [(text, text_pair)]")
+        if not isinstance(texts, list):
+            raise PredictorError(f"{what} must be a str or a list of str / (text, text_pair) pairs, got "
+                                 f"{type(texts).__name__}")
         if not texts:
             raise PredictorError(f"no {what} given (empty list)")
+        return self._check_items(texts, what)
+
+    @staticmethod
+    def _check_items(texts: list, what: str) -> list:
+        out = []
         for i, t in enumerate(texts):
-            items = t if isinstance(t, tuple) else (t,)
+            if isinstance(t, (tuple, list)):
+                if len(t) != 2:
+                    raise PredictorError(f"{what}[{i}] has {len(t)} elements; a pair is (text, text_pair)")
+                items = tuple(t)
+            else:
+                items = (t,)
             for x in items:
                 if isinstance(x, (bytes, bytearray)):
-                    raise PredictorError(f"text {i} is bytes; decode it to str first")
+                    raise PredictorError(f"{what}[{i}] is bytes; decode it to str first")
                 if not isinstance(x, str):
-                    raise PredictorError(f"text {i} must be a str, got {type(x).__name__}")
+                    raise PredictorError(f"{what}[{i}] must be a str, got {type(x).__name__}")
+                try:
+                    x.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise PredictorError(f"{what}[{i}] has an invalid character {x[e.start]!r} at position "
+                                         f"{e.start} (a lone surrogate, not valid Unicode)") from None
             if not any(x.strip() for x in items):
-                warnings.warn(f"text {i} is empty or whitespace-only: it is encoded as [CLS] [SEP]", stacklevel=3)
-        return texts
+                warnings.warn(f"{what}[{i}] is empty or whitespace-only: it is encoded as [CLS] [SEP]", stacklevel=4)
+            out.append(items if len(items) == 2 else items[0])
+        return out
 
     def _encode(self, texts: list):
         try:
             if texts and isinstance(texts[0], tuple):
-                if not all(isinstance(t, tuple) and len(t) == 2 for t in texts):
-                    raise PredictorError("mix of single texts and pairs; give all as (text, text_pair) tuples")
+                if not all(isinstance(t, tuple) for t in texts):
+                    raise PredictorError("mix of single texts and pairs; give all as (text, text_pair) pairs")
                 enc = self.tokenizer([t[0] for t in texts], [t[1] for t in texts])
             else:
                 enc = self.tokenizer(texts)
@@ -143,11 +239,12 @@ class Predictor:
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Any number of rows through the model's fixed batch (the last chunk padded)."""
         feeds = {k: np.ascontiguousarray(v, dtype=np.int32) for k, v in feeds.items()}
-        return run_in_fixed_batches(self.backend.run, feeds, self.batch_size)
+        with self._pool.take() as backend:
+            return run_in_fixed_batches(backend.run, feeds, self.batch_size)
 
     def _need(self, *tasks: str) -> None:
         if self.task not in tasks:
-            raise PredictorError(f"this is a {self.task} model; the method needs a {' or '.join(tasks)} model")
+            raise TaskMismatchError(f"this is a {self.task} model; the method needs a {' or '.join(tasks)} model")
 
     # --------------------------------------------------------------- methods
     def logits(self, texts) -> dict[str, np.ndarray]:
@@ -155,11 +252,14 @@ class Predictor:
         return self._run(self._encode(self._check_texts(texts)).model_inputs())
 
     def predict(self, texts, top_k: int | None = None) -> list[dict]:
-        """Classify texts or (text, pair) tuples: label, score, all scores, and the top-k labels."""
+        """Classify texts or (text, pair) tuples: label, score, all scores, and the top-k labels
+        (``top_k`` >= 1; values above the number of labels give all of them)."""
         self._need("classification")
         out = self.logits(texts)
         probs = out["probabilities"] if "probabilities" in out else _softmax(out["logits"])
-        k = len(self.labels) if top_k is None else max(1, min(int(top_k), len(self.labels)))
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+            raise PredictorError(f"top_k must be a positive integer, got {top_k!r}")
+        k = len(self.labels) if top_k is None else min(int(top_k), len(self.labels))
         res = []
         for row in probs:
             order = np.argsort(-row, kind="stable")
