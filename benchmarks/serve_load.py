@@ -108,14 +108,18 @@ def run_load(port: int, clients: int, requests: int, stalled: int, deadline_s: f
             "max_ms": round(float(np.max(a)), 1), "throughput_rps": round(ok / wall, 1), "wall_s": round(wall, 2)}
 
 
-def start_server(bundle: str, port: int, workers: int, threads: int) -> subprocess.Popen:
+def start_server(bundle: str, port: int, workers: int, threads: int, log_path: str) -> subprocess.Popen:
+    """The server's stderr goes to a file (a pipe nobody reads would fill and block the server)."""
+    log = open(log_path, "a", encoding="utf-8")
     p = subprocess.Popen([sys.executable, "-m", "mobilebert_mobile.cli", "serve", bundle, "--port", str(port),
                           "--workers", str(workers), "--threads", str(threads)], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=log)
+    log.close()
     t_end = time.time() + 120
     while time.time() < t_end:
         if p.poll() is not None:
-            raise SystemExit(f"the server exited: {p.stderr.read()[-2000:]}")
+            with open(log_path, encoding="utf-8") as fh:
+                raise SystemExit(f"the server exited: {fh.read()[-2000:]}")
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             c.request("GET", "/health")
@@ -145,17 +149,25 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(a.out, exist_ok=True)
     configs = [(a.workers, a.threads)] + [tuple(int(x) for x in c.split("x")) for c in a.compare.split(",") if c]
     mach = machine()
+    with open(os.path.join(a.bundle, "bundle.json"), encoding="utf-8") as fh:
+        manifest = json.load(fh)
+    model_desc = (f"{manifest['task']} model `{manifest['default_model']}` of "
+                  f"{manifest.get('source', {}).get('architecture', '?')}, seq {manifest['max_seq_length']}")
     rows = []
     jsonl = os.path.join(a.out, "serve_load.jsonl")
     for workers, threads in configs:
         port = _free_port()
-        srv = start_server(a.bundle, port, workers, threads)
+        srv = start_server(a.bundle, port, workers, threads, os.path.join(a.out, "server.log"))
         try:
             _post(port, json.dumps({"texts": TEXTS}).encode(), 60)  # warm-up
             res = run_load(port, a.clients, a.requests, a.stalled, a.deadline)
         finally:
             srv.terminate()
-            srv.wait(30)
+            try:
+                srv.wait(30)
+            except subprocess.TimeoutExpired:
+                srv.kill()
+                raise SystemExit("the server did not stop within 30 s of SIGTERM") from None
         res.update({"workers": workers, "threads": threads, "bundle": os.path.abspath(a.bundle), "machine": mach,
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
         rows.append(res)
@@ -167,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# Serving under load ({a.clients} concurrent clients x {a.requests} requests, {a.stalled} stalled "
              "clients alongside, loopback)", "",
              f"Machine: {mach['cpu']}, {mach['cores']} cores, int8 ISA {mach['int8_isa']['best']}. Bundle: "
-             f"`{os.path.basename(os.path.abspath(a.bundle))}`. Command: `python -m "
+             f"`{os.path.basename(os.path.abspath(a.bundle))}` ({model_desc}). Command: `python -m "
              f"mobilebert_mobile.benchmarks.serve_load BUNDLE --compare {a.compare or '-'}`.", "",
              "| workers x threads | ok / sent | errors | p50 ms | p99 ms | max ms | req/s |", "|---|---|---|---|---|---|---|"]
     for r in rows:

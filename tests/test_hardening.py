@@ -372,6 +372,27 @@ def test_cli_predict_json_into_a_closed_pipe(bundle):
     assert len(out) == 10 and "Traceback" not in err and "BrokenPipe" not in err, err
 
 
+def test_cli_convert_output_has_no_native_log_lines(ckpt, tmp_path):
+    r = _cli("convert", ckpt, "--out", tmp_path / "b", "--precision", "fp32,int8", "--seq-len", "32",
+             "--calibration-size", "8", "--heldout-size", "8")
+    assert r.returncode == 0, r.stderr
+    for noise in ("fully_quantize", "cudart_stub", "I0000", "W0000", "absl::InitializeLog", "XNNPACK delegate",
+                  "cuInit", "Traceback", "UserWarning"):
+        assert noise not in r.stderr and noise not in r.stdout, noise
+    assert "exporting to ONNX" in r.stderr and "bundle written to" in r.stdout
+
+
+def test_zip_bomb_metadata_is_refused(bundle, tmp_path):
+    import zipfile
+
+    f = tmp_path / "m.tflite"
+    shutil.copy(os.path.join(bundle, "model_fp32.tflite"), f)
+    with zipfile.ZipFile(f, "a", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("vocab.txt", "a\n" * (10 << 20))  # 20 MB inflated, a few KB stored
+    with pytest.raises(PredictorError, match="would inflate"):
+        Predictor.load(f)
+
+
 def test_cli_info_bad_architectures(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mobilebert", "architectures": 5}))
     r = _cli("info", tmp_path, "--no-weights")

@@ -190,6 +190,13 @@ def test_serve_cli_starts_answers_and_stops_on_sigterm(bundle, python):
             except OSError:
                 time.sleep(0.1)
         assert _req(port, "POST", "/predict", {"texts": ["a fine film"]})[0] == 200
+        for _ in range(5):  # clients that hang up mid-body or mid-response: no tracebacks in the log
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"te")
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n{\"texts\": [\"ok\"]}")
+        time.sleep(1.0)
+        assert _req(port, "GET", "/health")[0] == 200
     finally:
         p.terminate()
         rest = p.communicate(timeout=30)[1]

@@ -343,21 +343,39 @@ def _tokenizer(meta: _Meta, seq_len: int) -> Tokenizer:
     return Tokenizer.from_vocab(read_vocab_text(meta.vocab_text), lowercase=meta.lowercase, max_length=seq_len)
 
 
+MAX_ASSOCIATED_FILE_BYTES = 16 << 20  # a vocabulary is ~230 KB; a zip bomb is refused before inflating
+
+
 def _tflite_meta(path: str) -> _Meta:
     """Vocab and labels from the MediaPipe associated files (a zip appended to the model)."""
     try:
         z = zipfile.ZipFile(path)
-        names = z.namelist()
-    except zipfile.BadZipFile:
+        infos = z.infolist()
+    except (zipfile.BadZipFile, OSError):
         raise PredictorError(f"{path} carries no metadata (no vocabulary attached): load its bundle "
                              "directory, or convert with metadata") from None
-    vocab = next((n for n in names if n.endswith("vocab.txt")), None)
+
+    def read(info) -> str:
+        if info.file_size > MAX_ASSOCIATED_FILE_BYTES:
+            raise PredictorError(f"{path}: attached file {info.filename!r} would inflate to {info.file_size} "
+                                 f"bytes (limit {MAX_ASSOCIATED_FILE_BYTES >> 20} MiB)")
+        try:
+            return z.read(info).decode("utf-8")
+        except (zipfile.BadZipFile, UnicodeDecodeError, OSError) as e:
+            raise PredictorError(f"{path}: attached file {info.filename!r} is unreadable: {e}") from None
+
+    big = [i for i in infos if i.file_size > MAX_ASSOCIATED_FILE_BYTES]
+    if big or len(infos) > 64:
+        raise PredictorError(f"{path}: attached file {big[0].filename!r} would inflate to {big[0].file_size} bytes "
+                             f"(limit {MAX_ASSOCIATED_FILE_BYTES >> 20} MiB)" if big else
+                             f"{path}: {len(infos)} attached files (limit 64)")
+    vocab = next((i for i in infos if i.filename.endswith("vocab.txt")), None)
     if vocab is None:
         raise PredictorError(f"{path}: the metadata has no vocab.txt")
-    labels_name = next((n for n in names if n.endswith("labels.txt")), None)
-    labels = z.read(labels_name).decode("utf-8").split() if labels_name else []
+    labels_info = next((i for i in infos if i.filename.endswith("labels.txt")), None)
+    labels = read(labels_info).split() if labels_info else []
     task = "classification" if labels else "embedding"
-    return _Meta(task, labels, True, None, z.read(vocab).decode("utf-8"), {})
+    return _Meta(task, labels, True, None, read(vocab), {})
 
 
 def _onnx_meta(path: str) -> _Meta:

@@ -56,6 +56,7 @@ def make_app(predictor, *, max_batch: int = 256, max_body: int = 1 << 20, body_t
     anyio = _imports()
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
@@ -80,6 +81,8 @@ def make_app(predictor, *, max_batch: int = 256, max_body: int = 1 << 20, body_t
                         raise _HTTPError(413, f"request body exceeds the limit of {max_body} bytes")
         except TimeoutError:
             raise _HTTPError(408, f"request body not received within {body_timeout:g} s") from None
+        except ClientDisconnect:  # nobody to answer; no traceback in the server's log
+            raise _HTTPError(400, "the client disconnected before sending its body") from None
         try:
             obj = json.loads(bytes(body).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
