@@ -29,7 +29,7 @@ def register(sub) -> None:
                    help="re-measure only the scaling into an existing results directory")
     s.add_argument("--quick", action="store_true",
                    help="CI smoke mode: 2-layer tiny model, seq 32, few runs, short scaling")
-    s.add_argument("--out", default=None, help="results directory (default: benchmarks/results/host)")
+    s.add_argument("--out", default=None, help="results directory (default: benchmarks/results/host under the current directory)")
     s.add_argument("--keep-work", action="store_true", help="keep converted models under OUT/work")
     s.set_defaults(func=run)
 
@@ -50,18 +50,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         kw = dict(preset=args.preset, layers=args.layers, seq_len=args.seq_len, runs=args.runs, warmup=args.warmup,
                   rounds=args.rounds, threads=threads, peers=not args.no_peers, compile_torch=not args.no_compile)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if args.scaling_only:
         from .host import markdown, rerun_scaling
 
-        out = args.out or os.path.join(root, "benchmarks", "results", "host")
+        out = args.out or os.path.join("benchmarks", "results", "host")
         res = rerun_scaling(out, checkpoint=args.checkpoint, preset=args.preset, layers=args.layers,
                             log=lambda m: print(m, file=sys.stderr, flush=True))
         if not args.keep_work:
             clean_work(out)
         print(markdown(res))
         return 0
-    out = args.out or os.path.join(root, "benchmarks", "results", "quick" if args.quick else "host")
+    out = args.out or os.path.join("benchmarks", "results", "quick" if args.quick else "host")
     command = "mobilebert-mobile " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     res = run_suite(checkpoint=args.checkpoint, batch=args.batch, out_dir=out, do_scaling=not args.no_scaling,
                     precisions=tuple(args.precision.split(",")), command=command,

@@ -4,18 +4,13 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from mobilebert_mobile.errors import ConversionError  # noqa: F401  (re-exported: defined in errors.py)
 
-TASKS = ("classification", "embedding", "qa", "mlm")
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-DEFAULT_OUTPUTS = {
-    "classification": ("probabilities",),
-    "embedding": ("embedding",),
-    "qa": ("start_logits", "end_logits"),
-    "mlm": ("mlm_logits",),
-}
-KNOWN_OUTPUTS = {"classification": ("probabilities", "logits"), "embedding": ("embedding",),
-                 "qa": ("start_logits", "end_logits"), "mlm": ("mlm_logits",)}
+from mobilebert_mobile.errors import ConversionError  # noqa: F401  (re-exported: defined in errors.py)
+from mobilebert_mobile.tasks import INPUT_NAMES, TASK_NAMES as TASKS, TASKS as SPECS  # noqa: F401  (re-exported)
+
+# views of the task contract (mobilebert_mobile/tasks.py) under the names the stages use
+DEFAULT_OUTPUTS = {t: s.default_outputs for t, s in SPECS.items()}
+KNOWN_OUTPUTS = {t: s.output_names for t, s in SPECS.items()}
 
 
 def load_for_export(checkpoint: str | os.PathLike, task: str | None, *, mask_value: float | None):
@@ -54,15 +49,7 @@ class ExportWrapper:
 
             def forward(self, input_ids, attention_mask, token_type_ids):
                 out = self.model(input_ids.long(), attention_mask, token_type_ids.long())
-                values = {}
-                if task == "classification":
-                    values = {"logits": out.logits, "probabilities": torch.softmax(out.logits, dim=-1)}
-                elif task == "embedding":
-                    values = {"embedding": out.embedding}
-                elif task == "qa":
-                    values = {"start_logits": out.start_logits, "end_logits": out.end_logits}
-                elif task == "mlm":
-                    values = {"mlm_logits": out.logits}
+                values = SPECS[task].extract(out, outputs, lambda v: torch.softmax(v, dim=-1))
                 return tuple(values[o] for o in outputs)
 
         return Wrapped().eval()

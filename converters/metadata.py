@@ -4,7 +4,7 @@ labels attached for classifiers.
 
 mediapipe 1.2.2's writer imports ``_pywrap_metadata_version``, which its wheel no longer ships;
 that module's only job is the metadata's minimum parser version ("1.1.0" for this metadata), so
-a stand-in is registered before import (reference/mediapipe.md).
+a stand-in is registered before import (the mediapipe 1.2.2 wheel, checked when this was written).
 """
 from __future__ import annotations
 

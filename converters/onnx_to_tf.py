@@ -1,7 +1,8 @@
 """Lower an ONNX encoder graph to a TensorFlow function, op by op.
 
 The op set of BERT-family encoders is small; lowering it ourselves keeps every layout decision
-explicit (onnx2tf's layout guessing silently broke MobileBERT, see toolchain.md). MatMuls with a
+explicit (onnx2tf's layout guessing silently broke MobileBERT: it sliced the trigram embedding along
+the wrong axis when sequence length, embedding size and bottleneck were all 128; README design notes). MatMuls with a
 constant 2-D weight are written as 2-D ``tf.matmul`` so TFLite makes them FULLY_CONNECTED (and
 fuses a following bias add and ReLU); everything else maps to one TFLite builtin.
 """

@@ -9,11 +9,10 @@ import os
 from dataclasses import dataclass
 
 from ._io import sha256_file
+from .tasks import INPUT_NAMES, TASK_NAMES
 from .errors import BundleError  # noqa: F401  (re-exported: defined in errors.py)
 
 FORMAT = "mobilebert-mobile-bundle"
-TASKS = ("classification", "embedding", "qa", "mlm")
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass
@@ -102,7 +101,7 @@ def read_bundle(directory: str | os.PathLike, *, verify: bool = True) -> Bundle:
     for key in ("task", "max_seq_length", "models", "outputs", "inputs"):
         if key not in m:
             raise BundleError(f"{p} lacks {key!r}")
-    if m["task"] not in TASKS:
+    if m["task"] not in TASK_NAMES:
         raise BundleError(f"{p}: unknown task {m['task']!r}")
     if not isinstance(m["inputs"], list) or not all(isinstance(i, dict) for i in m["inputs"]):
         raise BundleError(f"{p}: 'inputs' must be a list of objects")

@@ -2,7 +2,7 @@
 import torch
 
 from mobilebert_mobile import MobileBertConfig
-from mobilebert_mobile import modeling as M
+from mobilebert_mobile.modeling.loading import task_model_class
 
 
 def make_checkpoint(path, preset="mobilebert", task="classification", layers=2, seed=0, **overrides):
@@ -10,8 +10,7 @@ def make_checkpoint(path, preset="mobilebert", task="classification", layers=2, 
     cfg = MobileBertConfig.from_preset(preset, num_hidden_layers=layers, **overrides)
     if task == "classification":
         cfg = cfg.with_labels(["negative", "positive"])
-    cls = {"classification": M.MobileBertForSequenceClassification, "embedding": M.MobileBertForSentenceEmbedding,
-           "qa": M.MobileBertForQuestionAnswering, "mlm": M.MobileBertForMaskedLM}[task]
+    cls = task_model_class(task)
     model = cls(cfg)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

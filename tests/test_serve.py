@@ -4,7 +4,6 @@ import http.client
 import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 

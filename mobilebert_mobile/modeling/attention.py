@@ -82,7 +82,6 @@ class MobileBertSelfOutput(nn.Module):
 
     def __init__(self, config: MobileBertConfig):
         super().__init__()
-        self.use_bottleneck = config.use_bottleneck
         self.dense = nn.Linear(config.true_hidden_size, config.true_hidden_size)
         self.LayerNorm = make_norm(config.normalization_type, config.true_hidden_size, config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob if not config.use_bottleneck else 0.0)

@@ -7,19 +7,13 @@ import os
 from ..config import ConfigError, MobileBertConfig
 from .bert import bert_config, is_bert_checkpoint, load_bert_into
 from .checkpoint import CheckpointError, read_state_dict
-from .models import (MobileBertForMaskedLM, MobileBertForQuestionAnswering, MobileBertForSentenceEmbedding,
-                     MobileBertForSequenceClassification)
+from ..tasks import TASK_NAMES, task_of_architecture, task_spec
+from .models import ARCHITECTURES
 
-TASKS = ("classification", "embedding", "qa", "mlm")
-TASK_CLASSES = {"classification": MobileBertForSequenceClassification, "embedding": MobileBertForSentenceEmbedding,
-                "qa": MobileBertForQuestionAnswering, "mlm": MobileBertForMaskedLM}
-TASK_OF_ARCHITECTURE = {
-    "MobileBertForSequenceClassification": "classification", "BertForSequenceClassification": "classification",
-    "MobileBertForQuestionAnswering": "qa", "BertForQuestionAnswering": "qa",
-    "MobileBertForPreTraining": "mlm", "MobileBertForMaskedLM": "mlm", "BertForMaskedLM": "mlm",
-    "BertForPreTraining": "mlm",
-    "MobileBertModel": "embedding", "MobileBertForSentenceEmbedding": "embedding", "BertModel": "embedding",
-}
+
+def task_model_class(task: str):
+    """The model class of a task (``tasks.TaskSpec.model_class``)."""
+    return ARCHITECTURES[task_spec(task).model_class]
 
 
 def load_task_model(checkpoint: str | os.PathLike, task: str | None = None, *, mask_value: float | None = None):
@@ -44,14 +38,15 @@ def load_task_model(checkpoint: str | os.PathLike, task: str | None = None, *, m
         if overrides:
             cfg = MobileBertConfig.from_dict({**cfg.to_dict(), **overrides})
         arch = (cfg.architectures or [None])[0]
-    inferred = TASK_OF_ARCHITECTURE.get(arch or "", "embedding")
+    inferred = task_of_architecture(arch)
     task = task or inferred
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    model = TASK_CLASSES[task](cfg)
+    if task not in TASK_NAMES:
+        raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASK_NAMES)}")
+    cls = task_model_class(task)
+    model = cls(cfg)
     if bert:
         load_bert_into(model, d)
     else:
-        strict = task == inferred and arch == TASK_CLASSES[task].__name__  # e.g. PreTraining -> MLM drops NSP
+        strict = task == inferred and arch == cls.__name__  # e.g. PreTraining -> MLM drops NSP
         model.load_checkpoint_tensors(read_state_dict(d), strict=strict, where=d)
     return model.eval(), task, {"architecture": arch, "family": "bert" if bert else "mobilebert", "config": cfg}

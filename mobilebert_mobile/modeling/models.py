@@ -166,10 +166,6 @@ class MobileBertPreTrainedModel(nn.Module):
         return {"missing": missing, "unused": unused}
 
     @classmethod
-    def from_config(cls, config: MobileBertConfig, **kwargs):
-        return cls(config, **kwargs)
-
-    @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, strict: bool = True, **config_overrides):
         """Build from a transformers-layout checkpoint directory.
 

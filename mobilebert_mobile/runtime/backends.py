@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 from ..errors import PredictorError  # noqa: F401  (re-exported: defined in errors.py)
-from .tflite_check import check_tflite_file  # noqa: F401  (used by the Predictor before loading)
+from ..tasks import INPUT_NAMES, task_spec
 
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def _check_inputs(where: str, found: dict[str, str]) -> None:
@@ -106,6 +105,7 @@ class TorchBackend:
             torch.set_num_threads(num_threads)
         self.torch = torch
         self.model, self.task, _ = load_task_model(checkpoint, task, mask_value=mask_value)
+        self.spec = task_spec(self.task)
         self.output_names = list(outputs)
         self.batch, self.seq_len = batch, seq_len
 
@@ -115,8 +115,5 @@ class TorchBackend:
             out = self.model(torch.from_numpy(feeds["input_ids"]).long(),
                              torch.from_numpy(feeds["attention_mask"]).long(),
                              torch.from_numpy(feeds["token_type_ids"]).long())
-        values = {"logits": out.logits, "embedding": out.embedding, "start_logits": out.start_logits,
-                  "end_logits": out.end_logits, "mlm_logits": out.logits}
-        if self.task == "classification":
-            values["probabilities"] = torch.softmax(out.logits, dim=-1)
-        return {k: values[k].numpy() for k in self.output_names}
+        values = self.spec.extract(out, self.output_names, lambda v: torch.softmax(v, dim=-1))
+        return {k: v.numpy() for k, v in values.items()}

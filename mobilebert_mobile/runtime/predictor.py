@@ -24,7 +24,8 @@ from .._batching import run_in_fixed_batches
 from ..bundle import Bundle, BundleError, read_bundle
 from ..errors import TaskMismatchError
 from ..tokenizer import Tokenizer, TokenizerError
-from .backends import LiteRTBackend, OnnxRuntimeBackend, PredictorError, TorchBackend, check_tflite_file
+from .backends import LiteRTBackend, OnnxRuntimeBackend, PredictorError, TorchBackend
+from .tflite_check import check_tflite_file
 
 BACKENDS = ("litert", "onnxruntime", "torch")
 

@@ -1,0 +1,198 @@
+"""The README's main job (``mobilebert-mobile demo``): the distilled default classifier converted to
+verified int8, benchmarked on the host and attached phones, and used through the Predictor; or,
+with ``--preset``, a random-weight round trip of a preset. ``cli.py`` only parses and dispatches."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def run(args) -> int:
+    """The README's main job. Default: the real distilled sentiment classifier, converted to int8,
+    benchmarked and used through the Predictor. ``--preset``: a random-weight round trip of a preset."""
+    if args.preset is None:
+        return _demo_default_model(args)
+    import numpy as np
+    import torch
+
+    from . import assets
+    from .config import MobileBertConfig
+    from .modeling import MobileBertForSequenceClassification
+    from .tokenizer import Tokenizer
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    report: dict = {"preset": args.preset}
+    say = (lambda *a: None) if args.json else print
+
+    t0 = time.perf_counter()
+    overrides = {"num_hidden_layers": args.layers} if args.layers else {}
+    cfg = MobileBertConfig.from_preset(args.preset, **overrides).with_labels(["negative", "positive"])
+    model = MobileBertForSequenceClassification(cfg).eval()
+    report["build_s"] = round(time.perf_counter() - t0, 3)
+    report["parameters"] = model.num_parameters()
+    report["backbone_parameters"] = model.num_parameters(backbone_only=True)
+    say(f"built {args.preset}: {cfg.num_hidden_layers} layers, {report['parameters'] / 1e6:.2f}M parameters "
+        f"({report['backbone_parameters'] / 1e6:.2f}M backbone) in {report['build_s']:.1f}s "
+        f"[random weights: a trained default model arrives with the distillation stage]")
+
+    out_dir = args.out or assets.cache_dir("demo", args.preset + (f"-{args.layers}l" if args.layers else ""))
+    t0 = time.perf_counter()
+    model.save_pretrained(out_dir)
+    report["checkpoint"] = out_dir
+    report["checkpoint_mb"] = round(os.path.getsize(os.path.join(out_dir, "model.safetensors")) / 2**20, 2)
+    reloaded = MobileBertForSequenceClassification.from_pretrained(out_dir)
+    report["save_reload_s"] = round(time.perf_counter() - t0, 3)
+    say(f"saved to {out_dir} ({report['checkpoint_mb']} MiB, transformers layout) and reloaded "
+        f"in {report['save_reload_s']:.1f}s")
+
+    tok = Tokenizer.from_file(assets.vocab_path(), max_length=args.seq_len)
+    sentences = assets.sample_sentences(args.sentences)
+    enc = tok(sentences)
+    inputs = {k: torch.from_numpy(v.astype(np.int64)) for k, v in enc.model_inputs().items()}
+    with torch.inference_mode():
+        a = model(**inputs).logits
+        t0 = time.perf_counter()
+        b = reloaded(**inputs).logits
+        infer_s = time.perf_counter() - t0
+    diff = float((a - b).abs().max())
+    report["reload_max_abs_diff"] = diff
+    report["batch_latency_ms"] = round(infer_s * 1e3, 2)
+    probs = torch.softmax(b, dim=-1).numpy()
+    report["predictions"] = []
+    say(f"reloaded model equals the original: max |logit diff| = {diff:.3g}")
+    say(f"ran {len(sentences)} real Rotten Tomatoes sentences (seq {args.seq_len}) in "
+        f"{infer_s * 1e3:.0f} ms on {args.threads} thread(s):")
+    for s, p, m in zip(sentences, probs, enc.attention_mask):
+        label = cfg.label_names[int(p.argmax())]
+        report["predictions"].append({"text": s, "tokens": int(m.sum()), "label": label,
+                                      "score": round(float(p.max()), 4)})
+        say(f"  {label:>8} {p.max():.3f}  ({int(m.sum()):3d} tokens)  {s[:70]}")
+    if diff != 0.0:
+        print(f"error: reloaded model differs from the saved one by {diff}", file=sys.stderr)
+        return 1
+    if not args.skip_convert:
+        report.update(_demo_convert_and_predict(out_dir, sentences, probs, cfg, args, say))
+    if args.json:
+        _print_json(report)
+    return 0
+
+
+def _demo_convert_and_predict(ckpt: str, sentences, torch_probs, cfg, args, say) -> dict:
+    """Convert the checkpoint (verified), then classify the same sentences through the Predictor."""
+    import numpy as np
+
+    from .converters import convert
+    from .runtime import Predictor
+
+    bundle = ckpt.rstrip("/") + "-bundle"
+    t0 = time.perf_counter()
+    if not os.path.isfile(os.path.join(bundle, "bundle.json")):
+        say(f"converting to TFLite fp32 + int8 (verified stage by stage) into {bundle} ...")
+        convert(ckpt, bundle, precisions=("fp32", "dynamic-int8", "int8"), seq_len=args.seq_len,
+                calibration_size=48, heldout_size=48, quiet=args.json)
+    else:
+        say(f"using the converted bundle {bundle} (delete it to convert again)")
+    with open(os.path.join(bundle, "report.json"), encoding="utf-8") as fh:
+        rep = json.load(fh)
+    out: dict = {"bundle": bundle, "convert_s": round(time.perf_counter() - t0, 1), "tflite": {}}
+    for st in rep["stages"]:
+        if st["stage"].startswith("tflite"):
+            out["tflite"][st["precision"]] = {
+                "size_mb": st["size_mb"], "max_abs_diff_vs_torch": st["max_abs_diff"],
+                "label_agreement": st.get("label_agreement"), "xnnpack_partitions": st["xnnpack"].get("partitions"),
+                "latency_ms_2threads": st["latency_ms_median_2threads"]}
+            say(f"  {st['precision']:>12}: {st['size_mb']:6.1f} MB, max |diff| vs PyTorch {st['max_abs_diff']:.2g}, "
+                f"label agreement {st.get('label_agreement', 0):.3f}, {st['xnnpack'].get('partitions')} XNNPACK "
+                f"partition(s), {st['latency_ms_median_2threads']:.1f} ms median (2 threads)")
+    p = Predictor.load(bundle)
+    res = p.predict(sentences)
+    agree = float(np.mean([r["label"] == cfg.label_names[int(q.argmax())] for r, q in zip(res, torch_probs)]))
+    with open(os.path.join(bundle, "bundle.json"), encoding="utf-8") as fh:
+        default = json.load(fh)["default_model"]
+    out["predictor"] = {"default_model": default, "agreement_with_pytorch": agree}
+    say(f"Predictor.load('{bundle}') [{out['predictor']['default_model']}] on the same sentences: "
+        f"{agree:.0%} same labels as PyTorch")
+    for s, r in zip(sentences, res):
+        say(f"  {r['label']:>8} {r['score']:.3f}  {s[:70]}")
+    return out
+
+
+def _demo_default_model(args) -> int:
+    """Distilled MobileBERT sentiment classifier (built once, cached) -> verified int8 TFLite bundle ->
+    host latency -> attached phones, if any -> Predictor on real sentences + held-out accuracy."""
+    import numpy as np
+
+    from .converters import convert
+    from .distill import default_model
+    from .runtime import Predictor
+
+    say = (lambda *a: None) if args.json else print
+    t_all = time.perf_counter()
+    rec = default_model.build(say=say, progress=not args.json)
+    report: dict = {"default_model": rec}
+    say(f"[default model] {'cached: ' if rec['cached'] else ''}{rec['model']}: "
+        f"{rec['student_parameters'] / 1e6:.1f}M-parameter student classifier, "
+        f"distilled in {rec['distill_s']:.0f} s + fine-tuned in {rec['finetune_s']:.0f} s; PyTorch accuracy on "
+        f"{rec['held_out']} held-out Rotten Tomatoes sentences: {rec['held_out_accuracy']:.3f}")
+    bundle = rec["model"].rstrip("/") + f"-bundle-{args.seq_len}"
+    if not os.path.isfile(os.path.join(bundle, "bundle.json")):
+        say(f"[convert] int8 TFLite for Android (seq {args.seq_len}, verified stage by stage) into {bundle} ...")
+        convert(rec["model"], bundle, precisions=("dynamic-int8", "int8"), seq_len=args.seq_len,
+                calibration_size=200, heldout_size=200, quiet=args.json)
+    with open(os.path.join(bundle, "report.json"), encoding="utf-8") as fh:
+        rep = json.load(fh)
+    report["tflite"] = {}
+    for st in rep["stages"]:
+        if st["stage"].startswith("tflite"):
+            report["tflite"][st["precision"]] = {k: st.get(k) for k in (
+                "size_mb", "label_agreement", "latency_ms_median_2threads", "max_abs_diff")}
+            say(f"[host] {st['precision']:>12}: {st['size_mb']:.1f} MB, label agreement with float "
+                f"{st.get('label_agreement', 0):.3f}, {st['latency_ms_median_2threads']:.2f} ms median "
+                f"(seq {args.seq_len}, 2 threads, LiteRT/XNNPACK)")
+    report["phones"] = _demo_phones(bundle, say)
+    p = Predictor.load(bundle, num_threads=args.threads)
+    _, test = default_model.split_rotten_tomatoes()
+    texts, labels = [t for t, _ in test], [y for _, y in test]
+    t0 = time.perf_counter()
+    res = p.predict(texts)
+    dt = time.perf_counter() - t0
+    acc = float(np.mean([r["label"] == ("positive" if y else "negative") for r, y in zip(res, labels)]))
+    with open(os.path.join(bundle, "bundle.json"), encoding="utf-8") as fh:
+        default = json.load(fh)["default_model"]
+    report["predictor"] = {"model": default,
+                           "held_out_accuracy": acc, "sentences_per_s": round(len(texts) / dt, 1)}
+    say(f"[predict] Predictor.load('{bundle}'): held-out accuracy {acc:.3f} on {len(texts)} sentences "
+        f"({len(texts) / dt:.0f} sentences/s); a few of them:")
+    for s, r in list(zip(texts, res))[:args.sentences]:
+        say(f"  {r['label']:>8} {r['score']:.3f}  {s[:80]}")
+    report["total_s"] = round(time.perf_counter() - t_all, 1)
+    say(f"done in {report['total_s']:.0f} s")
+    if args.json:
+        _print_json(report)
+    return 0
+
+
+def _demo_phones(bundle: str, say) -> dict:
+    """Benchmark on attached phones when there are any (needs adb and a cached benchmark_model)."""
+    try:
+        from .android_harness.adb import Adb
+        adb = Adb()
+        ready = [d["serial"] for d in adb.devices() if d["state"] == "device"]
+    except Exception as e:  # no adb, no server: the phone step is optional here
+        say(f"[phone] skipped: {e}")
+        return {"skipped": str(e)}
+    if not ready:
+        say("[phone] no phone attached (adb devices lists none): skipped; see docs/android.md")
+        return {"skipped": "no device"}
+    say(f"[phone] benchmarking on {', '.join(ready)} ...")
+    from .cli import main
+
+    rc = main(["bench", bundle, "--device", ",".join(ready)])
+    return {"devices": ready, "exit_code": rc}
