@@ -87,3 +87,209 @@ def measure(threads: int = 2, runs: int = 50) -> dict:
 def floors_ms(model_macs: int, throughput: dict) -> dict:
     return {"fp32": model_macs / (throughput["xnnpack_fp32_gmacs"] * 1e9) * 1e3,
             "int8": model_macs / (throughput["xnnpack_int8_gmacs"] * 1e9) * 1e3}
+
+
+# ------------------------------------------------------------------ shape-aware floor
+def gemm_shapes(model_bytes: bytes) -> list[dict]:
+    """Distinct GEMM shapes of a .tflite with their counts.
+
+    FULLY_CONNECTED: rows M (product of the input's leading dims), K, N; BATCH_MATMUL: batch,
+    M, K, N with its adjoint flags, read from the tensors' shapes."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from mobilebert_mobile.converters.tflite import _builtin_names
+
+    m = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+    names = _builtin_names()
+    sg = m.subgraphs[0]
+    found: dict[tuple, int] = {}
+    for op in sg.operators:
+        code = m.operatorCodes[op.opcodeIndex]
+        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+        if name == "FULLY_CONNECTED":
+            x, w = (list(sg.tensors[i].shape) for i in op.inputs[:2])
+            n, k = int(w[0]), int(w[1])
+            rows = int(np.prod(x)) // k
+            key = ("FULLY_CONNECTED", 1, rows, k, n, False, False)
+        elif name == "BATCH_MATMUL":
+            a, b = (list(sg.tensors[i].shape) for i in op.inputs[:2])
+            o = op.builtinOptions
+            adj_x, adj_y = bool(getattr(o, "adjX", False)), bool(getattr(o, "adjY", False))
+            batch = int(np.prod(a[:-2]))
+            mm, k = (a[-1], a[-2]) if adj_x else (a[-2], a[-1])
+            n = b[-2] if adj_y else b[-1]
+            key = ("BATCH_MATMUL", batch, int(mm), int(k), int(n), adj_x, adj_y)
+        else:
+            continue
+        found[key] = found.get(key, 0) + 1
+    return [{"op": k[0], "batch": k[1], "m": k[2], "k": k[3], "n": k[4], "adj_x": k[5], "adj_y": k[6],
+             "count": c, "macs": k[1] * k[2] * k[3] * k[4]} for k, c in sorted(found.items(), key=lambda kv: -kv[1])]
+
+
+def _one_gemm_tflite(shape: dict, int8: bool) -> bytes:
+    """One FULLY_CONNECTED (constant weight) or one BATCH_MATMUL (two activations) of ``shape``;
+    int8: full-integer quantized with int8 inputs and outputs (no QUANTIZE/DEQUANTIZE in the model)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    b, mm, k, n = shape["batch"], shape["m"], shape["k"], shape["n"]
+    if shape["op"] == "FULLY_CONNECTED":
+        w = rng.standard_normal((k, n)).astype(np.float32) * 0.05
+        specs = [tf.TensorSpec([mm, k], tf.float32)]
+
+        def f(x):
+            return tf.matmul(x, w)
+        gen = lambda: ([rng.standard_normal((mm, k)).astype(np.float32)] for _ in range(8))  # noqa: E731
+    else:
+        specs = [tf.TensorSpec([1, b, mm, k], tf.float32), tf.TensorSpec([1, b, k, n], tf.float32)]
+
+        def f(x, y):
+            return tf.matmul(x, y)
+        gen = lambda: ([rng.standard_normal((1, b, mm, k)).astype(np.float32),  # noqa: E731
+                        rng.standard_normal((1, b, k, n)).astype(np.float32)] for _ in range(8))
+    fn = tf.function(f, input_signature=specs, autograph=False).get_concrete_function()
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn])
+    if int8:
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = gen
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return bytes(conv.convert())
+
+
+def shape_floor(model_bytes: bytes, *, threads: int = 2, runs: int = 30, rounds: int = 5, log=lambda s: None) -> dict:
+    """Time every distinct GEMM shape of the model alone (one-op .tflite, fp32 and int8, XNNPACK,
+    interleaved rounds), subtract the fixed invoke cost, and sum count x median per precision."""
+    from .op_profile import _null_model, _Timed
+
+    shapes = gemm_shapes(model_bytes)
+    with tempfile.TemporaryDirectory() as d:
+        null_p = os.path.join(d, "null.tflite")
+        with open(null_p, "wb") as fh:
+            fh.write(_null_model())
+        timed = {"null": _Timed(null_p, threads)}
+        for j, s in enumerate(shapes):
+            for kind in ("fp32", "int8"):
+                p = os.path.join(d, f"{j}_{kind}.tflite")
+                with open(p, "wb") as fh:
+                    fh.write(_one_gemm_tflite(s, kind == "int8"))
+                timed[(j, kind)] = _Timed(p, threads)
+        log(f"timing {len(shapes)} GEMM shapes x (fp32, int8)")
+        for t in timed.values():
+            t.run(3)
+            t.times.clear()
+        for _ in range(rounds):
+            for t in timed.values():
+                t.run(max(1, runs // rounds))
+        null_ms = float(np.median(timed["null"].times) * 1e3)
+        tot = {"fp32": 0.0, "int8": 0.0}
+        for j, s in enumerate(shapes):
+            for kind in ("fp32", "int8"):
+                t = timed[(j, kind)]
+                net = max(float(np.median(t.times) * 1e3) - null_ms, 0.0)
+                s[f"{kind}_ms"] = net
+                s[f"{kind}_xnnpack"] = t.delegated
+                s[f"{kind}_gmacs"] = s["macs"] / (net * 1e-3) / 1e9 if net > 0 else None
+                tot[kind] += net * s["count"]
+    # the as-deployed int8 floor: FULLY_CONNECTED in int8, attention matmuls in fp32 as our int8 graph runs them
+    deployed = sum(s["count"] * (s["int8_ms"] if s["op"] == "FULLY_CONNECTED" else s["fp32_ms"]) for s in shapes)
+    return {"threads": threads, "runs": runs, "rounds": rounds, "invoke_overhead_ms": null_ms, "shapes": shapes,
+            "fp32_ms": tot["fp32"], "int8_ms": tot["int8"], "int8_attention_fp32_ms": deployed}
+
+
+def shape_floor_markdown(res: dict, measured: dict | None = None) -> str:
+    from mobilebert_mobile._machine import machine
+
+    mach = res.get("machine") or machine()
+    isa = mach["int8_isa"]
+    lines = [f"# Shape-aware compute floor{': ' + res['title'] if res.get('title') else ''}", "",
+             f"Machine: {mach['cpu']}, {mach['cores']} cores, int8 ISA: {isa['best']}. {res['threads']} threads, "
+             f"XNNPACK. Each distinct GEMM shape of the model timed alone as a one-op .tflite (fp32, and int8 with "
+             f"int8 I/O), {res['rounds']} interleaved rounds; invoke overhead "
+             f"({res['invoke_overhead_ms'] * 1e3:.1f} us) subtracted. Command: `{res.get('command', '')}`", "",
+             "| op | batch x M x K x N | count | fp32 us | int8 us | fp32 GMAC/s | int8 GMAC/s | int8 in XNNPACK |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in res["shapes"]:
+        lines.append(f"| {s['op']} | {s['batch']} x {s['m']} x {s['k']} x {s['n']} | {s['count']} | "
+                     f"{s['fp32_ms'] * 1e3:.1f} | {s['int8_ms'] * 1e3:.1f} | {s['fp32_gmacs'] or 0:.0f} | "
+                     f"{s['int8_gmacs'] or 0:.0f} | {'yes' if s['int8_xnnpack'] else 'no'} |")
+    lines += ["", f"Shape-aware floor: fp32 {res['fp32_ms']:.2f} ms, int8 {res['int8_ms']:.2f} ms (every GEMM int8), "
+                  f"{res['int8_attention_fp32_ms']:.2f} ms with the attention matmuls in fp32 as our int8 graph runs "
+                  "them.", ""]
+    if res.get("single_gemm_floor"):
+        f = res["single_gemm_floor"]
+        lines += [f"Single-large-GEMM floor (FC chain, model MACs / MAC/s): fp32 {f['fp32_ms']:.2f} ms, int8 "
+                  f"{f['int8_ms']:.2f} ms.", ""]
+    if measured:
+        lines += ["| model | median ms | x single-GEMM floor | x shape-aware floor |", "|---|---|---|---|"]
+        for name, (ms, kind) in measured.items():
+            sf = res["single_gemm_floor"][kind + "_ms"] if res.get("single_gemm_floor") else float("nan")
+            lines.append(f"| {name} | {ms:.2f} | {ms / sf:.2f} | {ms / res[kind + '_ms']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """``python -m mobilebert_mobile.benchmarks.floor MODEL.tflite [--measure LABEL=PATH ...]``"""
+    import argparse
+    import json
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m mobilebert_mobile.benchmarks.floor",
+                                 description="single-GEMM and shape-aware compute floors of a .tflite model")
+    ap.add_argument("model", help="a .tflite whose GEMM shapes define the floor (fp32 or any precision)")
+    ap.add_argument("--macs", type=float, help="model MACs for the single-GEMM floor (default: from the shapes)")
+    ap.add_argument("--measure", nargs="*", default=[], help="LABEL=PATH.tflite models to time and compare")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out", help="write floor.md / floor.json here")
+    a = ap.parse_args(argv)
+    say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    with open(a.model, "rb") as fh:
+        data = fh.read()
+    res = shape_floor(data, threads=a.threads, runs=a.runs, rounds=a.rounds, log=say)
+    total_macs = a.macs or sum(s["macs"] * s["count"] for s in res["shapes"])
+    thr = measure(threads=a.threads, runs=50)
+    res["single_gemm_floor"] = {**floors_ms(int(total_macs), thr), "throughput": thr, "macs": total_macs}
+    from mobilebert_mobile._machine import machine
+
+    res["machine"] = machine()
+    res["title"] = os.path.basename(a.model)
+    res["command"] = "python -m mobilebert_mobile.benchmarks.floor " + " ".join(argv if argv is not None
+                                                                                 else sys.argv[1:])
+    measured = {}
+    if a.measure:
+        from .op_profile import _Timed, model_feeds
+
+        ts = {}
+        for item in a.measure:
+            lab, p = item.split("=", 1)
+            ts[lab] = _Timed(p, a.threads, model_feeds(p, 128))
+        for t in ts.values():
+            t.run(3)
+            t.times.clear()
+        for _ in range(a.rounds):
+            for t in ts.values():
+                t.run(max(1, a.runs // a.rounds))
+        for lab, t in ts.items():
+            measured[lab] = (float(np.median(t.times) * 1e3), "int8" if "int8" in lab else "fp32")
+        res["measured"] = {k: {"median_ms": v[0], "floor_kind": v[1]} for k, v in measured.items()}
+    md = shape_floor_markdown(res, measured)
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, "floor.md"), "w", encoding="utf-8") as fh:
+            fh.write(md)
+        with open(os.path.join(a.out, "floor.json"), "w", encoding="utf-8") as fh:
+            json.dump(res, fh, indent=1, default=str)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
