@@ -12,37 +12,51 @@ import subprocess
 import sys
 import time
 
-CHILD = r'''
-import json, sys, time, numpy as np
-t0 = time.perf_counter()
-from mobilebert_mobile import Predictor, assets
-path, backend, model, threads, n = sys.argv[1], sys.argv[2], sys.argv[3] or None, int(sys.argv[4]), int(sys.argv[5])
-p = Predictor.load(path, backend=backend, num_threads=threads, model=model)
-load_s = time.perf_counter() - t0
-texts = assets.sample_sentences(n, offset=3000)
-t = time.perf_counter(); p.predict(texts[:1]); first_s = time.perf_counter() - t
-# per sentence: tokenization + pre/post vs the model call alone
-tok_t, run_t, all_t = [], [], []
-for s in texts[:64]:
-    a = time.perf_counter(); enc = p._encode([s]); b = time.perf_counter()
-    feeds = enc.model_inputs(); p._run(feeds); c = time.perf_counter()
-    p.predict([s]); d = time.perf_counter()
-    tok_t.append(b - a); run_t.append(c - b); all_t.append(d - c)
-t = time.perf_counter(); p.predict(texts); batch_s = time.perf_counter() - t
-rss = 0
-for line in open("/proc/self/status"):
-    if line.startswith("VmHWM:"): rss = int(line.split()[1]) * 1024
-run_med, all_med = float(np.median(run_t)), float(np.median(all_t))
-print("@@" + json.dumps({"backend": backend, "load_s": load_s, "first_call_s": first_s,
-      "tokenize_ms": float(np.median(tok_t)) * 1e3, "inference_ms": run_med * 1e3, "predict_ms": all_med * 1e3,
-      "overhead_share": (all_med - run_med) / run_med, "throughput_per_s": n / batch_s, "batch": n,
-      "peak_rss_mb": rss / 2**20}))
-'''
+from mobilebert_mobile._io import atomic_write_text
+
+def child(path: str, backend: str, model: str | None, threads: int, n: int) -> dict:
+    """Runs in its own process (``--child``), so each backend's load time and peak RSS are its own."""
+    import numpy as np
+
+    t0 = time.perf_counter()
+    from mobilebert_mobile import Predictor, assets
+
+    p = Predictor.load(path, backend=backend, num_threads=threads, model=model)
+    load_s = time.perf_counter() - t0
+    texts = assets.sample_sentences(n, offset=3000)
+    t = time.perf_counter()
+    p.predict(texts[:1])
+    first_s = time.perf_counter() - t
+    tok_t, run_t, all_t = [], [], []  # per sentence: tokenization, the model call alone, predict() whole
+    for s in texts[:64]:
+        a = time.perf_counter()
+        feeds = p.encode([s])
+        b = time.perf_counter()
+        p.run(feeds)
+        c = time.perf_counter()
+        p.predict([s])
+        d = time.perf_counter()
+        tok_t.append(b - a)
+        run_t.append(c - b)
+        all_t.append(d - c)
+    t = time.perf_counter()
+    p.predict(texts)
+    batch_s = time.perf_counter() - t
+    rss = 0
+    with open("/proc/self/status", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                rss = int(line.split()[1]) * 1024
+    run_med, all_med = float(np.median(run_t)), float(np.median(all_t))
+    return {"backend": backend, "load_s": load_s, "first_call_s": first_s,
+            "tokenize_ms": float(np.median(tok_t)) * 1e3, "inference_ms": run_med * 1e3, "predict_ms": all_med * 1e3,
+            "overhead_share": (all_med - run_med) / run_med, "throughput_per_s": n / batch_s, "batch": n,
+            "peak_rss_mb": rss / 2**20}
 
 
 def measure(bundle: str, backend: str, model: str | None, threads: int, n: int) -> dict:
-    r = subprocess.run([sys.executable, "-c", CHILD, bundle, backend, model or "", str(threads), str(n)],
-                       capture_output=True, text=True, timeout=1800)
+    r = subprocess.run([sys.executable, "-m", "mobilebert_mobile.benchmarks.runtime_perf", "--child", bundle,
+                        backend, model or "", str(threads), str(n)], capture_output=True, text=True, timeout=1800)
     for line in r.stdout.splitlines():
         if line.startswith("@@"):
             return json.loads(line[2:])
@@ -50,6 +64,11 @@ def measure(bundle: str, backend: str, model: str | None, threads: int, n: int) 
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        path, backend, model, threads, n = argv[1:6]
+        print("@@" + json.dumps(child(path, backend, model or None, int(threads), int(n))), flush=True)
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle")
     ap.add_argument("--threads", type=int, default=2)
@@ -83,8 +102,7 @@ def main(argv=None) -> int:
                      f"{r['peak_rss_mb'] - r['model_mb']:.0f} | {r['throughput_per_s']:.1f} |")
     table = "\n".join(lines) + "\n"
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "runtime.md"), "w", encoding="utf-8") as fh:
-        fh.write(table)
+    atomic_write_text(os.path.join(args.out, "runtime.md"), table)
     print(table)
     return 0
 

@@ -248,9 +248,17 @@ class Predictor:
             raise TaskMismatchError(f"this is a {self.task} model; the method needs a {' or '.join(tasks)} model")
 
     # --------------------------------------------------------------- methods
+    def encode(self, texts) -> dict[str, np.ndarray]:
+        """The model inputs (int32 [N, seq]) for texts or (text, text_pair) pairs: tokenization alone."""
+        return self._encode(self._check_texts(texts)).model_inputs()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model alone on inputs from ``encode`` (any number of rows)."""
+        return self._run(feeds)
+
     def logits(self, texts) -> dict[str, np.ndarray]:
-        """Raw model outputs for texts (or (text, pair) tuples)."""
-        return self._run(self._encode(self._check_texts(texts)).model_inputs())
+        """Raw model outputs for texts (or (text, pair) tuples): ``run(encode(texts))``."""
+        return self._run(self.encode(texts))
 
     def predict(self, texts, top_k: int | None = None) -> list[dict]:
         """Classify texts or (text, pair) tuples: label, score, all scores, and the top-k labels
