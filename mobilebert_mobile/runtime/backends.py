@@ -29,13 +29,9 @@ class LiteRTBackend:
     thread_safe = False
 
     def __init__(self, path: str, num_threads: int | None = None, use_xnnpack: bool = True):
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        from .litert import interpreter
 
-        kw = {} if use_xnnpack else {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
-        try:
-            self.interp = Interpreter(model_path=path, num_threads=num_threads, **kw)
-        except (ValueError, RuntimeError) as e:
-            raise PredictorError(f"cannot load {path} with LiteRT: {e}") from None
+        self.interp = interpreter(path, num_threads=num_threads, use_xnnpack=use_xnnpack)
         sigs = self.interp.get_signature_list()
         if sigs:
             key = "serving_default" if "serving_default" in sigs else next(iter(sigs))
