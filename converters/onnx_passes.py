@@ -480,3 +480,118 @@ def run_onnx(model, feeds: dict[str, np.ndarray], threads: int = 2) -> dict[str,
     from mobilebert_mobile._batching import run_in_fixed_batches
 
     return run_in_fixed_batches(lambda c: dict(zip(names, sess.run(names, c))), feeds, batch)
+
+
+# ------------------------------------------------------------------ equalization (SmoothQuant-style)
+def _const_matmul(g: Graph, n) -> bool:
+    return n is not None and n.op_type == "MatMul" and n.input[1] in g.consts and g.consts[n.input[1]].ndim == 2 \
+        and n.input[0] not in g.consts
+
+
+def equalization_sites(g: Graph) -> tuple[list[dict], dict]:
+    """Tensors X feeding only constant-weight linears whose producer can absorb 1/s per channel.
+
+    A site is ``affine -> [Relu] -> X -> MatMul(X, W) (one or more)`` where the affine is
+    ``MatMul(., W1) + b1`` (scale W1's columns and b1; ReLU is positively homogeneous, so it may sit
+    between), ``LayerNormalization`` (scale gamma and beta) or a NoNorm ``Mul(., gamma) + beta``.
+    Every consumer of X must be such a linear: a residual Add or a non-linear op reading X blocks
+    the fold (returned in the second value, counted by the kind of affine).
+    """
+    prod, cons = g.producers(), g.consumers()
+    sites, blocked = [], collections.Counter()
+    for x, users in cons.items():
+        if None in users or not users:
+            continue
+        p = prod.get(x)
+        if p is None:
+            continue
+        relu = None
+        if p.op_type == "Relu":
+            relu, x0 = p, p.input[0]
+            p = prod.get(x0)
+            if p is None or not _single_consumer(cons, x0):
+                continue
+        aff = None
+        if p.op_type == "Add":  # MatMul + bias, or NoNorm's Mul + beta
+            b = next((i for i in p.input if i in g.consts and g.consts[i].ndim == 1), None)
+            other = next((i for i in p.input if i != b), None)
+            q = prod.get(other) if b is not None else None
+            if q is not None and _single_consumer(cons, other):
+                if _const_matmul(g, q):
+                    aff = {"kind": "linear", "mul": q, "scale_in": q.input[1], "bias_node": p, "bias": b}
+                elif q.op_type == "Mul" and relu is None:
+                    gm = next((i for i in q.input if i in g.consts and g.consts[i].ndim == 1), None)
+                    if gm is not None:
+                        aff = {"kind": "nonorm", "mul": q, "scale_in": gm, "bias_node": p, "bias": b}
+        elif p.op_type == "LayerNormalization" and relu is None and len(p.input) >= 3 \
+                and p.input[1] in g.consts and p.input[2] in g.consts:
+            aff = {"kind": "layernorm", "mul": p, "scale_in": p.input[1], "bias_node": p, "bias": p.input[2]}
+        if aff is None:
+            continue
+        if all(_const_matmul(g, u) and u.input[0] == x for u in users):
+            aff["scale_pos"] = list(aff["mul"].input).index(aff["scale_in"])
+            aff["bias_pos"] = list(aff["bias_node"].input).index(aff["bias"])
+            sites.append({"x": x, "relu": relu is not None, "consumers": users, **aff})
+        else:
+            blocked[aff["kind"]] += 1
+    return sites, dict(blocked)
+
+
+def channel_absmax(model, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """max |x| per last-axis channel of the named tensors over ``feeds`` (onnxruntime)."""
+    import copy
+
+    from onnx import TensorProto, helper
+
+    m = copy.deepcopy(model)
+    have = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in have:
+            m.graph.output.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, None))
+    out = run_onnx(m, feeds)
+    return {n: np.max(np.abs(out[n].reshape(-1, out[n].shape[-1])), axis=0) for n in names}
+
+
+def make_equalize_pass(feeds: dict[str, np.ndarray], alpha: float = 0.5, max_scale: float = 1e3,
+                       info: dict | None = None) -> Callable[[Graph], int]:
+    """A pass that migrates activation outliers into the next linear's weights (SmoothQuant).
+
+    s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) over every consumer's weight row j, clipped to
+    [1/max_scale, max_scale]; X's producer is divided by s (W1's columns and bias, LayerNorm or
+    NoNorm gamma and beta) and every consumer's weight rows are multiplied by s: exact in float, no
+    op added. ``feeds`` are calibration inputs (activation maxima); ``info`` receives the counts.
+    """
+
+    def equalize(g: Graph) -> int:
+        import copy
+
+        sites, blocked = equalization_sites(g)
+        if info is not None:
+            info.update({"sites": len(sites), "blocked_by_kind": blocked, "alpha": alpha,
+                         "by_kind": dict(collections.Counter(s["kind"] for s in sites))})
+        if not sites:
+            return 0
+        snap = copy.deepcopy(g)
+        snap.g = snap.model.graph  # deepcopy detaches the graph view from its model
+        amax = channel_absmax(snap.finalize(), feeds, [s["x"] for s in sites])
+        spread = []
+        for s in sites:
+            a = np.maximum(amax[s["x"]].astype(np.float64), 1e-5)
+            w = np.max(np.stack([np.max(np.abs(g.consts[u.input[1]]), axis=1) for u in s["consumers"]]), axis=0)
+            w = np.maximum(w.astype(np.float64), 1e-5)
+            sc = np.clip(a ** alpha / w ** (1 - alpha), 1 / max_scale, max_scale)
+            spread.append(float(a.max() / np.median(a)))
+            for u in s["consumers"]:
+                u.input[1] = g.new_const((g.consts[u.input[1]] * sc[:, None]).astype(np.float32), "eq_w")
+            # read the producer's current constants: it may have been a consumer of an earlier site
+            k = s["scale_pos"]
+            cur = g.consts[s["mul"].input[k]]
+            s["mul"].input[k] = g.new_const((cur / (sc[None, :] if s["kind"] == "linear" else sc)).astype(np.float32),
+                                            "eq_w")
+            k = s["bias_pos"]
+            s["bias_node"].input[k] = g.new_const((g.consts[s["bias_node"].input[k]] / sc).astype(np.float32), "eq_b")
+        if info is not None:
+            info["outlier_ratio_median"] = float(np.median(spread))  # max / median channel max, before
+        return len(sites)
+
+    return equalize

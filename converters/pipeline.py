@@ -212,7 +212,7 @@ def convert(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ta
         for prec in precisions:
             pr.stage(f"TFLite {prec}")
             t = time.perf_counter()
-            entry = _tflite_stage(prec, fn, task, calib_feeds, held_feeds, ref, mask, target, tmp, pr)
+            entry = _tflite_stage(prec, fn, task, calib_feeds, held_feeds, ref, mask, target, tmp, pr, onnx_model=opt)
             entry["time_s"] = round(time.perf_counter() - t, 2)
             report["stages"].append(entry)
             models[prec] = entry
@@ -296,7 +296,7 @@ def _run_tf(fn, feeds: dict, batch: int) -> dict:
                                 {k: feeds[k] for k in INPUT_NAMES}, batch)
 
 
-def _tflite_stage(prec, fn, task, calib_feeds, held_feeds, ref, mask, target, tmp, pr) -> dict:
+def _tflite_stage(prec, fn, task, calib_feeds, held_feeds, ref, mask, target, tmp, pr, onnx_model=None) -> dict:
     from .tflite import convert as tfl_convert
     from .tflite import make_converter, name_io_tensors, run_tflite
 
@@ -318,8 +318,8 @@ def _tflite_stage(prec, fn, task, calib_feeds, held_feeds, ref, mask, target, tm
     if prec == "int8":
         from .quantize import DEFAULT_FLOAT_OPS, calibrate, quantize_with_fallback
 
-        pr.note(f"calibrating on {calib_feeds['input_ids'].shape[0]} texts")
-        calibrated = calibrate(make_converter(fn, "int8", representative))
+        calibrated, entry["calibration"] = _calibrate_int8(fn, task, calib_feeds, held_feeds, target, evaluate,
+                                                           representative, onnx_model, pr)
         res = quantize_with_fallback(calibrated, lambda b: evaluate(b)[0], target,
                                      float_ops=DEFAULT_FLOAT_OPS, progress=pr.note)
         model_bytes = res.model
@@ -339,6 +339,48 @@ def _tflite_stage(prec, fn, task, calib_feeds, held_feeds, ref, mask, target, tm
     elif not entry["meets_target"]:
         pr.note(f"{prec} misses its target ({verify.TARGET_METRIC[task]} {score:.4f} < {target})")
     return entry
+
+
+def _calibrate_int8(fn, task, calib_feeds, held_feeds, target, evaluate, representative, onnx_model, pr):
+    """Calibrate, then choose the activation ranges (min/max, percentile, MSE) by held-out score; when
+    the best misses the target, also try the graph with SmoothQuant-style equalization (an ONNX
+    pass, verified exact in float) and keep whichever scores higher. Returns (calibrated model,
+    record for report.json)."""
+    from .quantize import calibrate, select_ranges
+    from .tflite import make_converter
+
+    pr.note(f"calibrating on {calib_feeds['input_ids'].shape[0]} texts")
+    calibrated = calibrate(make_converter(fn, "int8", representative))
+    best, rec = select_ranges(calibrated, calib_feeds, lambda b: evaluate(b)[0], progress=pr.note)
+    rec = {"equalization": None, **rec}
+    if rec["score"] >= target or onnx_model is None:
+        return best, rec
+    from . import onnx_passes as P
+    from .onnx_to_tf import Lowering
+    from .tflite import concrete_function
+
+    info: dict = {}
+    eq, _ = P.run_passes(onnx_model, {k: v[:16] for k, v in held_feeds.items()},
+                         passes=[("equalize", P.make_equalize_pass(calib_feeds, info=info))])
+    if not info.get("sites"):
+        rec["equalization"] = {"tried": True, **info, "chosen": False}
+        return best, rec
+    b, seq = (int(d) for d in fn.inputs[0].shape)
+    fn_eq = concrete_function(Lowering(eq), b, seq, tuple(fn.structured_outputs))
+    pr.note(f"equalization: {info['sites']} site(s); calibrating again")
+
+    def rep_eq():
+        for s in range(0, calib_feeds["input_ids"].shape[0] - b + 1, b):
+            yield {k: calib_feeds[k][s:s + b] for k in INPUT_NAMES}
+
+    cal_eq = calibrate(make_converter(fn_eq, "int8", rep_eq))
+    best_eq, rec_eq = select_ranges(cal_eq, calib_feeds, lambda m: evaluate(m)[0], progress=pr.note)
+    chosen = rec_eq["score"] > rec["score"]
+    rec["equalization"] = {"tried": True, **info, "chosen": chosen, "ranges": rec_eq}
+    if chosen:
+        rec.update({"chosen": rec_eq["chosen"], "score": rec_eq["score"]})
+        return best_eq, rec
+    return best, rec
 
 
 def _default_model(models: dict) -> str:

@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 DEFAULT_FLOAT_OPS = ("BATCH_MATMUL", "SOFTMAX")
 # Ops that only move data: never worth keeping float on their own.
 LAYOUT_OPS = {"RESHAPE", "TRANSPOSE", "SLICE", "STRIDED_SLICE", "CONCATENATION", "GATHER", "PAD", "SQUEEZE",
@@ -56,6 +58,151 @@ def quantize_calibrated(calibrated: bytes, *, float_ops=(), float_nodes=()) -> b
         return bytes(tfl_convert.mlir_quantize(
             calibrated, disable_per_channel=False, fully_quantize=False, enable_numeric_verify=False,
             denylisted_ops=list(float_ops), denylisted_nodes=list(float_nodes)))
+
+
+RANGE_METHODS = ("minmax", "percentile", "mse")
+
+
+def _interp_inputs(interp, feeds: dict) -> list[tuple[int, str]]:
+    out = []
+    for d in interp.get_input_details():
+        key = next((k for k in feeds if k in d["name"]), None)
+        if key is None:
+            raise ValueError(f"no feed for model input {d['name']}")
+        out.append((d["index"], key, d["dtype"]))
+    return out
+
+
+def activation_histograms(calibrated: bytes, feeds: dict, bins: int = 2048) -> dict[str, dict]:
+    """Histograms of every tensor the calibrator gave a range, over ``feeds`` (float model, reference
+    kernels with every intermediate kept). Bins span the calibrator's own [min, max] of the tensor."""
+    import tempfile
+
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    m = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    sg = m.subgraphs[0]
+    ranged = {}
+    for i, t in enumerate(sg.tensors):
+        q = t.quantization
+        if q is not None and q.min is not None and q.max is not None and len(q.min) == 1 and t.type == 0:
+            lo, hi = float(min(q.min[0], 0.0)), float(max(q.max[0], 0.0))
+            if hi > lo:
+                ranged[i] = {"name": t.name.decode(), "lo": lo, "hi": hi, "counts": np.zeros(bins, np.int64)}
+    with tempfile.NamedTemporaryFile(suffix=".tflite") as fh:
+        fh.write(calibrated)
+        fh.flush()
+        it = Interpreter(model_path=fh.name, num_threads=2, experimental_preserve_all_tensors=True,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        it.allocate_tensors()
+        ins = _interp_inputs(it, feeds)
+        batch = int(it.get_input_details()[0]["shape"][0])
+        n = feeds[ins[0][1]].shape[0]
+        for s in range(0, n - batch + 1, batch):
+            for idx, key, dt in ins:
+                it.set_tensor(idx, feeds[key][s:s + batch].astype(dt))
+            it.invoke()
+            for i, r in ranged.items():
+                x = it.get_tensor(i).ravel()
+                b = ((x - r["lo"]) * (bins / (r["hi"] - r["lo"]))).astype(np.int64)
+                r["counts"] += np.bincount(np.clip(b, 0, bins - 1), minlength=bins)
+    return ranged
+
+
+def choose_range(h: dict, method: str, percentile: float = 99.99) -> tuple[float, float]:
+    """[lo, hi] for one tensor from its histogram: ``minmax``, ``percentile`` (both tails) or ``mse``
+    (the clipping that minimises the expected int8 error: scale^2/12 inside, squared distance to the
+    bound outside)."""
+    lo, hi, c = h["lo"], h["hi"], h["counts"].astype(np.float64)
+    if method == "minmax" or c.sum() == 0:
+        return lo, hi
+    edges = np.linspace(lo, hi, c.size + 1)
+    centers = (edges[:-1] + edges[1:]) / 2
+    if method == "percentile":
+        cum = np.cumsum(c) / c.sum()
+        tail = (100.0 - percentile) / 100.0
+        a = float(edges[np.searchsorted(cum, tail)]) if lo < 0 else lo
+        b = float(edges[min(np.searchsorted(cum, 1 - tail) + 1, c.size)])
+        return min(a, 0.0), max(b, 0.0)
+    if method != "mse":
+        raise ValueError(f"unknown range method {method!r}; expected one of {', '.join(RANGE_METHODS)}")
+    fracs = np.array([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.42, 0.35, 0.3, 0.25, 0.2, 0.16, 0.13, 0.1, 0.08, 0.06, 0.04])
+    los = lo * fracs if lo < 0 else np.zeros(1)
+    his = hi * fracs if hi > 0 else np.zeros(1)
+    best, arg = np.inf, (lo, hi)
+    for a in los:
+        for b in his:
+            if b <= a:
+                continue
+            scale = (b - a) / 255.0
+            out = np.where(centers < a, a - centers, np.where(centers > b, centers - b, 0.0))
+            inside = (centers >= a) & (centers <= b)
+            err = float(np.sum(c * np.where(inside, scale * scale / 12.0, out * out)))
+            if err < best:
+                best, arg = err, (float(a), float(b))
+    return arg
+
+
+def apply_ranges(calibrated: bytes, hists: dict[int, dict], method: str, percentile: float = 99.99) -> tuple[bytes, dict]:
+    """The calibrated model with each histogrammed tensor's min/max replaced by ``method``'s range."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    m = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    sg = m.subgraphs[0]
+    shrink = []
+    for i, h in hists.items():
+        a, b = choose_range(h, method, percentile)
+        q = sg.tensors[i].quantization
+        q.min, q.max = [a], [b]
+        shrink.append((b - a) / (h["hi"] - h["lo"]))
+    stats = {"method": method, "tensors": len(hists),
+             "range_kept_median": float(np.median(shrink)) if shrink else 1.0,
+             "range_kept_min": float(np.min(shrink)) if shrink else 1.0}
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(m)), stats
+
+
+def tensor_ranges(model_bytes: bytes) -> dict[str, tuple]:
+    """name -> (min, max) recorded in a calibrated model, or (scale, zero point) of a quantized one."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    m = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+    out = {}
+    for t in m.subgraphs[0].tensors:
+        q = t.quantization
+        if q is None:
+            continue
+        if q.scale is not None and len(q.scale) == 1:
+            out[t.name.decode()] = ("q", float(q.scale[0]), int(q.zeroPoint[0]))
+        elif q.min is not None and len(q.min) == 1:
+            out[t.name.decode()] = ("r", float(q.min[0]), float(q.max[0]))
+    return out
+
+
+def select_ranges(calibrated: bytes, feeds: dict, evaluate: Callable[[bytes], float], *,
+                  methods=RANGE_METHODS, float_ops=DEFAULT_FLOAT_OPS, max_texts: int = 32,
+                  progress: Callable[[str], None] | None = None) -> tuple[bytes, dict]:
+    """Try each range method on the calibrated model (int8 everywhere but ``float_ops``), keep the
+    best-scoring one (ties keep the earlier method). Returns (calibrated model with those ranges,
+    record of every method's score and range statistics)."""
+    import time
+
+    say = progress or (lambda s: None)
+    t = time.perf_counter()
+    sub = {k: v[:max_texts] for k, v in feeds.items()}
+    hists = activation_histograms(calibrated, sub)
+    record: dict = {"histogram_texts": int(next(iter(sub.values())).shape[0]), "methods": {}}
+    best = None
+    for method in methods:
+        ranged, stats = apply_ranges(calibrated, hists, method) if method != "minmax" else (calibrated, {
+            "method": "minmax", "tensors": len(hists)})
+        sc = evaluate(quantize_calibrated(ranged, float_ops=float_ops))
+        record["methods"][method] = {"score": sc, **stats}
+        say(f"ranges {method}: {sc:.4f}")
+        if best is None or sc > best[1]:
+            best = (method, sc, ranged)
+    record.update({"chosen": best[0], "score": best[1], "time_s": round(time.perf_counter() - t, 1)})
+    return best[2], record
 
 
 _SCOPE = re.compile(r"(?:^|/)(layer_\d+|embeddings|head)(?:_\d+)?/")

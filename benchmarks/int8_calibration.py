@@ -1,0 +1,172 @@
+"""Full-int8 calibration choices measured on one checkpoint, with no float fallback.
+
+For each graph (as exported, and with the SmoothQuant-style equalization pass) the model is
+calibrated once; then every range method (min/max, percentile 99.99, MSE-optimal) is written into
+the calibrated model's tensor ranges, quantized with only attention's BATCH_MATMUL/SOFTMAX float
+(no op-type or layer fallback) and scored on held-out text against PyTorch float. Dynamic-int8 is
+scored beside it, and every model is timed interleaved (XNNPACK, 2 threads).
+
+Command (the results file records it)::
+
+    python -m mobilebert_mobile.benchmarks.int8_calibration --checkpoint minilm --out benchmarks/results/int8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def run(checkpoint: str, *, task: str | None = None, seq_len: int = 128, calib_n: int = 100, held_n: int = 200,
+        alphas=(0.5,), threads: int = 2, log=print) -> dict:
+    from mobilebert_mobile._machine import machine
+    from mobilebert_mobile.converters import calibration as cal
+    from mobilebert_mobile.converters import onnx_passes as P
+    from mobilebert_mobile.converters import verify
+    from mobilebert_mobile.converters.export import (DEFAULT_OUTPUTS, INPUT_NAMES, ExportWrapper, export_onnx,
+                                                     load_for_export, torch_outputs)
+    from mobilebert_mobile.converters.onnx_to_tf import Lowering
+    from mobilebert_mobile.converters.quantize import (DEFAULT_FLOAT_OPS, RANGE_METHODS, activation_histograms,
+                                                       apply_ranges, calibrate, quantize_calibrated)
+    from mobilebert_mobile.converters.tflite import concrete_function, make_converter, name_io_tensors, run_tflite
+    from mobilebert_mobile.converters.tflite import convert as tfl_convert
+    from mobilebert_mobile.tokenizer import Tokenizer
+    from mobilebert_mobile import assets
+
+    from .op_profile import _Timed
+
+    model, task, info = load_for_export(checkpoint, task, mask_value=-100.0)
+    outputs = tuple(DEFAULT_OUTPUTS[task])
+    vocab = next((os.path.join(checkpoint, n) for n in ("vocab.txt", "tokenizer.json")
+                  if os.path.isfile(os.path.join(checkpoint, n))), assets.vocab_path())
+    tok = Tokenizer.from_file(vocab, max_length=seq_len)
+    items = cal.default_texts(task, calib_n + held_n)
+    c_items, h_items = cal.split(items, calib_n, held_n)
+    calib, held = tok(c_items).model_inputs(), tok(h_items).model_inputs()
+    wrapped = ExportWrapper.build(model, task, outputs)
+    ref = torch_outputs(wrapped, held, outputs, 1)
+    mask = held["attention_mask"]
+    onx = export_onnx(wrapped, None, batch=1, seq_len=seq_len, outputs=outputs)
+    metric = verify.TARGET_METRIC[task]
+    work = tempfile.mkdtemp(prefix="int8cal-")
+    res = {"checkpoint": checkpoint, "task": task, "family": info["family"], "metric": metric,
+           "target": verify.DEFAULT_TARGETS[task], "calibration_texts": len(c_items), "heldout_texts": len(h_items),
+           "machine": machine(), "variants": {}, "equalization": {}}
+
+    def score(model_bytes: bytes, name: str) -> dict:
+        p = os.path.join(work, f"{name}.tflite")
+        with open(p, "wb") as fh:
+            fh.write(name_io_tensors(model_bytes))
+        m = verify.compare(task, run_tflite(p, held), ref, mask)
+        return {"path": p, "score": verify.score(task, m), **{k: v for k, v in m.items() if k != metric}}
+
+    graphs = {"no equalization": None}
+    for a in alphas:
+        graphs[f"equalized a={a}"] = a
+    for gname, alpha in graphs.items():
+        t = time.perf_counter()
+        passes = list(P.DEFAULT_PASSES)
+        einfo: dict = {}
+        if alpha is not None:
+            passes.insert(5, ("equalize", P.make_equalize_pass(calib, alpha=alpha, info=einfo)))
+        opt, _ = P.run_passes(onx, {k: v[:16] for k, v in held.items()}, passes=passes)
+        if alpha is not None:
+            res["equalization"][gname] = einfo
+        fn = concrete_function(Lowering(opt), 1, seq_len, outputs)
+
+        def representative():
+            for s in range(calib["input_ids"].shape[0]):
+                yield {k: calib[k][s:s + 1] for k in INPUT_NAMES}
+
+        if alpha is None:
+            res["variants"]["dynamic-int8"] = score(tfl_convert(fn, "dynamic-int8"), "dyn")
+            res["variants"]["fp32"] = score(tfl_convert(fn, "fp32"), "fp32")
+        calibrated = calibrate(make_converter(fn, "int8", representative))
+        hists = activation_histograms(calibrated, calib)
+        for method in RANGE_METHODS:
+            ranged, stats = apply_ranges(calibrated, hists, method)
+            q = quantize_calibrated(ranged, float_ops=DEFAULT_FLOAT_OPS)
+            name = f"int8 {method}, {gname}"
+            res["variants"][name] = {**score(q, name.replace(" ", "_").replace(",", "").replace("=", "")),
+                                     "ranges": stats}
+            log(f"{name}: {metric} {res['variants'][name]['score']:.4f}")
+        log(f"{gname}: {time.perf_counter() - t:.0f} s")
+    # latency, interleaved
+    from .op_profile import model_feeds
+
+    timed = {k: _Timed(v["path"], threads, model_feeds(v["path"], seq_len)) for k, v in res["variants"].items()}
+    for t in timed.values():
+        t.run(3)
+        t.times.clear()
+    for _ in range(5):
+        for t in timed.values():
+            t.run(8)
+    for k, t in timed.items():
+        res["variants"][k]["median_ms"] = float(np.median(t.times) * 1e3)
+        res["variants"][k].pop("path")
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    return res
+
+
+def markdown(res: dict) -> str:
+    mach = res["machine"]
+    lines = [f"# Full-int8 calibration without fallback: {res['family']} {res['task']} (`{res['checkpoint']}`)", "",
+             f"Machine: {mach['cpu']}, {mach['cores']} cores, int8 ISA {mach['int8_isa']['best']}. Held-out: "
+             f"{res['heldout_texts']} Rotten Tomatoes sentences, calibration: {res['calibration_texts']} others. "
+             f"int8 = int8 activations everywhere except attention's BATCH_MATMUL/SOFTMAX (inside the XNNPACK "
+             f"partition); no op-type or layer fallback. Latency: XNNPACK, 2 threads, interleaved, median. "
+             f"Command: `{res.get('command', '')}`", "",
+             f"| variant | {res['metric']} | max abs diff | median ms | ranges kept (median of tensors) |",
+             "|---|---|---|---|---|"]
+    for k, v in res["variants"].items():
+        rk = v.get("ranges", {}).get("range_kept_median")
+        lines.append(f"| {k} | {v['score']:.4f} | {v['max_abs_diff']:.3g} | {v['median_ms']:.2f} | "
+                     f"{'' if rk is None else f'{rk:.2f}'} |")
+    for g, e in res["equalization"].items():
+        lines += ["", f"Equalization ({g}): {e.get('sites', 0)} site(s) folded {e.get('by_kind', {})}; blocked "
+                      f"(an output also read by a residual add or non-linear op): {e.get('blocked_by_kind', {})}."]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mobilebert_mobile.benchmarks.int8_calibration")
+    ap.add_argument("--checkpoint", required=True, help="checkpoint folder, or 'minilm' for all-MiniLM-L6-v2")
+    ap.add_argument("--task")
+    ap.add_argument("--label", help="name of the results files (default: from the checkpoint)")
+    ap.add_argument("--calibration-size", type=int, default=100)
+    ap.add_argument("--heldout-size", type=int, default=200)
+    ap.add_argument("--alpha", default="0.5")
+    ap.add_argument("--out")
+    a = ap.parse_args(argv)
+    ck = a.checkpoint
+    if ck == "minilm":
+        from mobilebert_mobile import assets
+
+        ck = str(assets.minilm_dir())
+    res = run(ck, task=a.task, calib_n=a.calibration_size, held_n=a.heldout_size,
+              alphas=tuple(float(x) for x in a.alpha.split(",") if x), log=lambda s: print(s, file=sys.stderr,
+                                                                                         flush=True))
+    res["command"] = "python -m mobilebert_mobile.benchmarks.int8_calibration " + " ".join(
+        argv if argv is not None else sys.argv[1:])
+    md = markdown(res)
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        label = a.label or os.path.basename(os.path.normpath(ck))
+        with open(os.path.join(a.out, f"calibration_{label}.md"), "w", encoding="utf-8") as fh:
+            fh.write(md)
+        with open(os.path.join(a.out, f"calibration_{label}.json"), "w", encoding="utf-8") as fh:
+            json.dump(res, fh, indent=1, default=str)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,232 @@
+"""int8 mechanisms on small models: equalization exact in float, chosen ranges reaching the .tflite,
+the per-op profile and the GEMM-shape floor reading real models."""
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from conftest_convert import make_checkpoint
+from mobilebert_mobile import Tokenizer, assets
+from mobilebert_mobile.converters import export as E
+from mobilebert_mobile.converters import onnx_passes as P
+
+SEQ = 32
+
+
+@pytest.fixture(scope="module")
+def feeds():
+    tok = Tokenizer.from_file(assets.vocab_path(), max_length=SEQ)
+    return tok(assets.sample_sentences(8, offset=500)).model_inputs()
+
+
+@pytest.fixture(scope="module")
+def folded(tmp_path_factory, feeds):
+    """A 2-layer MobileBERT export after the default folds (before sibling fusion)."""
+    ck = make_checkpoint(tmp_path_factory.mktemp("eq") / "ck", layers=2)
+    model, task, _ = E.load_for_export(ck, None, mask_value=-100.0)
+    outs = ("logits",)  # not the probabilities: a random model's softmax saturates and hides differences
+    onx = E.export_onnx(E.ExportWrapper.build(model, task, outs), None, batch=1, seq_len=SEQ, outputs=outs)
+    opt, _ = P.run_passes(onx, feeds, passes=P.DEFAULT_PASSES[:5])
+    return opt
+
+
+def _weights(model):
+    from onnx import numpy_helper
+
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def test_equalization_is_exact_in_float_and_changes_the_weights(folded, feeds):
+    info = {}
+    g = P.Graph(copy.deepcopy(folded))
+    n = P.make_equalize_pass(feeds, alpha=0.5, info=info)(g)
+    out = g.finalize()
+    # per layer: 4 FFN pairs (ReLU between, fused with bias) + the attention bottleneck feeding Q and K
+    assert n == info["sites"] == 10 + 2 and info["by_kind"]["linear"] >= 8
+    # NoNorm outputs read by a residual add cannot fold
+    assert info["blocked_by_kind"].get("nonorm", 0) > 0
+    a, b = P.run_onnx(folded, feeds), P.run_onnx(out, feeds)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], atol=2e-5, rtol=1e-4)
+    before, after = _weights(folded), _weights(out)
+    changed = [k for k in after if k.startswith("pass_eq_w")]
+    assert len(changed) >= 2 * n - 2  # producer and consumer weights of every site
+    # the FFN output weights: rows multiplied by s, far from the identity
+    same_shape = [(before[k], after[k2]) for k2 in changed for k in before
+                  if before[k].shape == after[k2].shape and before[k].ndim == 2]
+    assert same_shape and all(not np.allclose(x, y, rtol=1e-3) for x, y in same_shape[:4])
+    # and the activations it targets are flatter: the max/median channel ratio of X shrinks
+    sites, _ = P.equalization_sites(P.Graph(copy.deepcopy(out)))
+    amax = P.channel_absmax(out, feeds, [s["x"] for s in sites])
+    ratio_after = float(np.median([v.max() / np.median(np.maximum(v, 1e-5)) for v in amax.values()]))
+    assert ratio_after < info["outlier_ratio_median"]
+
+
+def test_equalization_breaks_if_scales_are_not_compensated(folded, feeds):
+    """The exactness check can fail: dropping the producer's 1/s changes the outputs."""
+    g = P.Graph(copy.deepcopy(folded))
+    sites, _ = P.equalization_sites(g)
+    site = next(s for s in sites if s["relu"])  # an FFN: ReLU between the two linears
+    u = site["consumers"][0]
+    u.input[1] = g.new_const(g.consts[u.input[1]] * 1.5, "bad")
+    bad = g.finalize()
+    a, b = P.run_onnx(folded, feeds), P.run_onnx(bad, feeds)
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) > 1e-3
+
+
+def _tiny_calibrated():
+    """FC -> ReLU -> FC with an outlier-heavy input, calibrated (float model with min/max)."""
+    import tensorflow as tf
+
+    from mobilebert_mobile.converters.quantize import calibrate
+
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((16, 32)).astype(np.float32) * 0.3
+    w2 = rng.standard_normal((32, 8)).astype(np.float32) * 0.3
+
+    @tf.function(input_signature=[tf.TensorSpec([4, 16], tf.float32, name="x")])
+    def f(x):
+        return {"y": tf.matmul(tf.nn.relu(tf.matmul(x, w1)), w2)}
+
+    def data():
+        for i in range(16):
+            x = rng.standard_normal((4, 16)).astype(np.float32)
+            if i == 3:
+                x[0, 0] = 60.0  # one outlier value in the whole calibration set
+            yield {"x": x}
+
+    feeds = {"x": np.concatenate([d["x"] for d in data()])}
+    module = tf.Module()
+    module.f = f
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], module)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = data
+    return calibrate(conv), feeds
+
+
+def _quantized_scale_of(model_bytes: bytes, name: str) -> float:
+    """Scale of the int8 tensor the QUANTIZE op makes from float tensor ``name``."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    m = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+    sg = m.subgraphs[0]
+    for op in sg.operators:
+        if sg.tensors[op.inputs[0]].name.decode() == name and sg.tensors[op.outputs[0]].type == 9:  # INT8
+            return float(sg.tensors[op.outputs[0]].quantization.scale[0])
+    raise AssertionError(f"no int8 tensor quantized from {name}")
+
+
+def test_chosen_ranges_reach_the_quantized_tflite():
+    from mobilebert_mobile.converters import quantize as Q
+
+    calibrated, feeds = _tiny_calibrated()
+    # histograms read the float model; feeds are split into its batch of 4
+    hists = Q.activation_histograms(calibrated, {"x": feeds["x"]})
+    assert hists and all(h["counts"].sum() > 0 for h in hists.values())
+    names = {h["name"]: i for i, h in hists.items()}
+    x_name = next(n for n in names if "x" in n.split("/")[-1] or n.startswith("serving_default_x"))
+    h = hists[names[x_name]]
+    lo_p, hi_p = Q.choose_range(h, "percentile", 99.0)
+    assert hi_p < 0.5 * h["hi"]  # the 60.0 outlier is clipped
+    got = {}
+    for method in ("minmax", "percentile", "mse"):
+        ranged, stats = Q.apply_ranges(calibrated, hists, method, percentile=99.0)
+        r = Q.tensor_ranges(ranged)[x_name]
+        a, b = Q.choose_range(h, method, 99.0)
+        assert r[0] == "r" and r[1] == pytest.approx(a, rel=1e-5, abs=1e-6) and r[2] == pytest.approx(b, rel=1e-5)
+        scale = _quantized_scale_of(Q.quantize_calibrated(ranged), x_name)
+        # the quantized input's scale is the chosen range over 255 (TFLite nudges the zero point only)
+        assert scale == pytest.approx((b - a) / 255.0, rel=0.02)
+        got[method] = scale
+    assert got["percentile"] < 0.5 * got["minmax"] and got["mse"] <= got["minmax"]
+
+
+def test_mse_range_clips_a_long_tail_and_lowers_the_error():
+    from mobilebert_mobile.converters import quantize as Q
+
+    x = np.random.default_rng(0).laplace(size=1_000_000)
+    lo, hi = float(x.min()), float(x.max())
+    counts = np.bincount(np.clip(((x - lo) / (hi - lo) * 2048).astype(int), 0, 2047), minlength=2048)
+    h = {"lo": lo, "hi": hi, "counts": counts}
+    a, b = Q.choose_range(h, "mse")
+    assert lo < a < 0 < b < hi and (b - a) < 0.8 * (hi - lo)
+
+    def err(a, b):  # measured int8 round-trip error on the samples themselves
+        s = (b - a) / 255
+        q = np.clip(np.round((x - a) / s), 0, 255) * s + a
+        return float(np.mean((x - q) ** 2))
+
+    assert err(a, b) < 0.8 * err(lo, hi)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    import tensorflow as tf
+
+    d = tmp_path_factory.mktemp("prof")
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((64, 128)).astype(np.float32) * 0.1
+    w2 = rng.standard_normal((128, 64)).astype(np.float32) * 0.1
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 16, 64], tf.float32)])
+    def f(x):
+        h = tf.nn.relu(tf.matmul(tf.reshape(x, [16, 64]), w1))
+        y = tf.matmul(h, w2) + tf.reshape(x, [16, 64])
+        a = tf.nn.softmax(tf.matmul(y, y, transpose_b=True))
+        return tf.reshape(tf.matmul(a, y), [1, 16, 64])
+
+    paths = {}
+    for kind in ("int8", "dynamic", "fp32"):
+        c = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()])
+        if kind != "fp32":
+            c.optimizations = [tf.lite.Optimize.DEFAULT]
+        if kind == "int8":
+            c.representative_dataset = lambda: ([rng.standard_normal((1, 16, 64)).astype(np.float32)]
+                                                for _ in range(4))
+        p = d / f"{kind}.tflite"
+        p.write_bytes(c.convert())
+        paths[kind] = str(p)
+    return paths
+
+
+def test_op_profile_output_parses(tiny_models, tmp_path):
+    from mobilebert_mobile.benchmarks import op_profile
+    from mobilebert_mobile.converters.tflite import inventory
+
+    out = tmp_path / "o"
+    assert op_profile.main([f"int8={tiny_models['int8']}", f"dyn={tiny_models['dynamic']}", "--runs", "4",
+                            "--rounds", "2", "--out", str(out)]) == 0
+    res = json.loads((out / "op_profile.json").read_text())
+    md = (out / "op_profile.md").read_text()
+    for label, kind in (("int8", "int8"), ("dyn", "dynamic")):
+        with open(tiny_models[kind], "rb") as fh:
+            inv = inventory(fh.read())
+        r = res["models"][label]
+        assert r["ops"] == inv["total_ops"] == sum(v["count"] for v in r["by_type"].values())
+        assert r["whole_median_ms"] > 0 and r["sum_of_ops_ms"] > 0
+        # the markdown table of this model parses back to the same counts
+        sec = md.split(f"## {label}: by op type and dtype")[1].split("\n\n")[1]
+        rows = [ln.split("|")[1:-1] for ln in sec.splitlines()[2:]]
+        assert sum(int(c[1]) for c in rows) == inv["total_ops"]
+        assert {c[0].strip() for c in rows} == set(r["by_type"])
+    assert any(k.startswith("QUANTIZE f32->i8") for k in res["models"]["int8"]["by_type"])
+    assert "FULLY_CONNECTED f32 (i8 weights, dynamic)" in res["models"]["dyn"]["by_type"]
+    assert "## Findings" in md and res["machine"]["int8_isa"]["best"]
+
+
+def test_gemm_shapes_and_shape_floor(tiny_models):
+    from mobilebert_mobile.benchmarks import floor
+
+    with open(tiny_models["fp32"], "rb") as fh:
+        data = fh.read()
+    shapes = floor.gemm_shapes(data)
+    fcs = sorted((s["m"], s["k"], s["n"]) for s in shapes if s["op"] == "FULLY_CONNECTED")
+    # TF turns y @ y^T into a FULLY_CONNECTED with y as its weight; a @ y stays a BATCH_MATMUL
+    assert fcs == [(16, 64, 16), (16, 64, 128), (16, 128, 64)]
+    bmm = [s for s in shapes if s["op"] == "BATCH_MATMUL"]
+    assert [(s["batch"], s["m"], s["k"], s["n"], s["count"]) for s in bmm] == [(1, 16, 16, 64, 1)]
+    res = floor.shape_floor(data, runs=4, rounds=2)
+    assert res["fp32_ms"] > 0 and res["int8_ms"] > 0
+    assert all(s["fp32_xnnpack"] for s in res["shapes"])
+    assert res["int8_attention_fp32_ms"] > 0
