@@ -155,7 +155,7 @@ def test_bad_calibration_files(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
     with pytest.raises(CalibrationError, match="not UTF-8"):
         convert(ck, tmp_path / "o", calibration=tmp_path / "latin1.txt", **FAST)
-    (tmp_path / "c.csv").write_text("review,label\ngood,1\n")
+    (tmp_path / "c.csv").write_text("comment,label\ngood,1\n")
     with pytest.raises(CalibrationError, match="no text column"):
         convert(ck, tmp_path / "o", calibration=tmp_path / "c.csv", **FAST)
     with pytest.raises(CalibrationError, match="not found"):

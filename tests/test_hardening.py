@@ -334,7 +334,7 @@ def test_bom_csv_is_read_everywhere(tmp_path, texts):
         read_texts(d)
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"fine\nfine\n\xff broken\n")
-    with pytest.raises(CalibrationError, match=r"line 3"):
+    with pytest.raises(CalibrationError, match=r"bad.txt:3: calibration file is not UTF-8"):
         read_texts(bad)
 
 
