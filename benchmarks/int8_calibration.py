@@ -23,7 +23,7 @@ import numpy as np
 
 
 def run(checkpoint: str, *, task: str | None = None, seq_len: int = 128, calib_n: int = 100, held_n: int = 200,
-        alphas=(0.5,), threads: int = 2, log=print) -> dict:
+        alphas=(0.5,), threads: int = 2, full: bool = False, log=print) -> dict:
     from mobilebert_mobile._machine import machine
     from mobilebert_mobile.converters import calibration as cal
     from mobilebert_mobile.converters import onnx_passes as P
@@ -33,7 +33,8 @@ def run(checkpoint: str, *, task: str | None = None, seq_len: int = 128, calib_n
     from mobilebert_mobile.converters.onnx_to_tf import Lowering
     from mobilebert_mobile.converters.quantize import (DEFAULT_FLOAT_OPS, RANGE_METHODS, activation_histograms,
                                                        apply_ranges, calibrate, quantize_calibrated)
-    from mobilebert_mobile.converters.tflite import concrete_function, make_converter, name_io_tensors, run_tflite
+    from mobilebert_mobile.converters.tflite import (concrete_function, float_compute_ops, make_converter,
+                                                     name_io_tensors, run_tflite)
     from mobilebert_mobile.converters.tflite import convert as tfl_convert
     from mobilebert_mobile.tokenizer import Tokenizer
     from mobilebert_mobile import assets
@@ -95,6 +96,12 @@ def run(checkpoint: str, *, task: str | None = None, seq_len: int = 128, calib_n
             res["variants"][name] = {**score(q, name.replace(" ", "_").replace(",", "").replace("=", "")),
                                      "ranges": stats}
             log(f"{name}: {metric} {res['variants'][name]['score']:.4f}")
+            if full:  # every compute op int8, attention included
+                qf = quantize_calibrated(ranged, float_ops=())
+                fname = f"int8-full {method}, {gname}"
+                res["variants"][fname] = {**score(qf, fname.replace(" ", "_").replace(",", "").replace("=", "")),
+                                          "ranges": stats, "float_compute_ops": float_compute_ops(qf)}
+                log(f"{fname}: {metric} {res['variants'][fname]['score']:.4f}")
         log(f"{gname}: {time.perf_counter() - t:.0f} s")
     # latency, interleaved
     from .op_profile import model_feeds
@@ -143,7 +150,8 @@ def main(argv=None) -> int:
     ap.add_argument("--label", help="name of the results files (default: from the checkpoint)")
     ap.add_argument("--calibration-size", type=int, default=100)
     ap.add_argument("--heldout-size", type=int, default=200)
-    ap.add_argument("--alpha", default="0.5")
+    ap.add_argument("--alpha", default="0.5", help="equalization strengths to try (comma-separated; empty: none)")
+    ap.add_argument("--int8-full", action="store_true", help="also every compute op int8 (attention included)")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     ck = a.checkpoint
@@ -152,7 +160,7 @@ def main(argv=None) -> int:
 
         ck = str(assets.minilm_dir())
     res = run(ck, task=a.task, calib_n=a.calibration_size, held_n=a.heldout_size,
-              alphas=tuple(float(x) for x in a.alpha.split(",") if x), log=lambda s: print(s, file=sys.stderr,
+              alphas=tuple(float(x) for x in a.alpha.split(",") if x), full=a.int8_full, log=lambda s: print(s, file=sys.stderr,
                                                                                          flush=True))
     res["command"] = "python -m mobilebert_mobile.benchmarks.int8_calibration " + " ".join(
         argv if argv is not None else sys.argv[1:])

@@ -89,7 +89,9 @@ def convert(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ta
     ``force`` (and then only when it holds a bundle, which is replaced whole: no stale files)."""
     t_start = time.perf_counter()
     precisions = tuple(PRECISIONS if precisions in ("all", ("all",)) else precisions)
-    bad = [p for p in precisions if p not in PRECISIONS]
+    from .tflite import EXTRA_PRECISIONS
+
+    bad = [p for p in precisions if p not in PRECISIONS + EXTRA_PRECISIONS]
     if bad or not precisions:
         raise ConversionError(f"unknown precision(s) {bad}; expected some of {', '.join(PRECISIONS)}")
     if not isinstance(seq_len, int) or not 8 <= seq_len <= 512:
@@ -325,6 +327,16 @@ def _tflite_stage(prec, fn, task, calib_feeds, held_feeds, ref, mask, target, tm
         model_bytes = res.model
         entry["fallback"] = {"float_ops": res.float_ops, "float_layers": res.float_layers,
                              "steps": res.steps, "sensitivity": res.sensitivity}
+    elif prec == "int8-full":  # every compute op int8, attention included; no float fallback
+        from .quantize import quantize_calibrated
+        from .tflite import float_compute_ops
+
+        calibrated, entry["calibration"] = _calibrate_int8(fn, task, calib_feeds, held_feeds, target, evaluate,
+                                                           representative, onnx_model, pr, float_ops=())
+        model_bytes = quantize_calibrated(calibrated, float_ops=())
+        entry["float_compute_ops"] = float_compute_ops(model_bytes)
+        if entry["float_compute_ops"]:
+            raise ConversionError(f"int8-full: float compute ops left in the graph: {entry['float_compute_ops']}")
     elif prec == "int16x8":  # 16-bit activations, 8-bit weights (TFLite reference kernels: no XNNPACK)
         pr.note(f"calibrating on {calib_feeds['input_ids'].shape[0]} texts")
         model_bytes = tfl_convert(fn, prec, representative)
@@ -341,17 +353,21 @@ def _tflite_stage(prec, fn, task, calib_feeds, held_feeds, ref, mask, target, tm
     return entry
 
 
-def _calibrate_int8(fn, task, calib_feeds, held_feeds, target, evaluate, representative, onnx_model, pr):
+def _calibrate_int8(fn, task, calib_feeds, held_feeds, target, evaluate, representative, onnx_model, pr,
+                    float_ops=None):
     """Calibrate, then choose the activation ranges (min/max, percentile, MSE) by held-out score; when
     the best misses the target, also try the graph with SmoothQuant-style equalization (an ONNX
     pass, verified exact in float) and keep whichever scores higher. Returns (calibrated model,
     record for report.json)."""
-    from .quantize import calibrate, select_ranges
+    from .quantize import DEFAULT_FLOAT_OPS, calibrate, select_ranges
     from .tflite import make_converter
+
+    float_ops = DEFAULT_FLOAT_OPS if float_ops is None else tuple(float_ops)
 
     pr.note(f"calibrating on {calib_feeds['input_ids'].shape[0]} texts")
     calibrated = calibrate(make_converter(fn, "int8", representative))
-    best, rec = select_ranges(calibrated, calib_feeds, lambda b: evaluate(b)[0], progress=pr.note)
+    best, rec = select_ranges(calibrated, calib_feeds, lambda b: evaluate(b)[0], float_ops=float_ops,
+                              progress=pr.note)
     rec = {"equalization": None, **rec}
     if rec["score"] >= target or onnx_model is None:
         return best, rec
@@ -373,8 +389,9 @@ def _calibrate_int8(fn, task, calib_feeds, held_feeds, target, evaluate, represe
         for s in range(0, calib_feeds["input_ids"].shape[0] - b + 1, b):
             yield {k: calib_feeds[k][s:s + b] for k in INPUT_NAMES}
 
-    cal_eq = calibrate(make_converter(fn_eq, "int8", rep_eq))
-    best_eq, rec_eq = select_ranges(cal_eq, calib_feeds, lambda m: evaluate(m)[0], progress=pr.note)
+    cal_eq = calibrate(make_converter(fn_eq, "int8", rep_eq))  # int8 and int8-full calibrate alike
+    best_eq, rec_eq = select_ranges(cal_eq, calib_feeds, lambda m: evaluate(m)[0], float_ops=float_ops,
+                                    progress=pr.note)
     chosen = rec_eq["score"] > rec["score"]
     rec["equalization"] = {"tried": True, **info, "chosen": chosen, "ranges": rec_eq}
     if chosen:

@@ -17,6 +17,10 @@ import numpy as np
 from .export import INPUT_NAMES
 
 PRECISIONS = ("fp32", "fp16", "dynamic-int8", "int8", "int16x8")
+# On request only (not in "all"): every compute op int8, attention included (phone NPUs / DSPs).
+EXTRA_PRECISIONS = ("int8-full",)
+# Ops that convert or move data, never compute: allowed in float in an int8-full model.
+NON_COMPUTE_OPS = {"QUANTIZE", "DEQUANTIZE", "CAST", "RESHAPE", "GATHER", "SQUEEZE", "EXPAND_DIMS"}
 
 
 def concrete_function(lowering, batch: int, seq_len: int, outputs: tuple[str, ...]):
@@ -48,12 +52,12 @@ def make_converter(fn, precision: str, representative: Callable[[], Iterable] | 
         conv.target_spec.supported_types = [tf.float16]
     elif precision == "dynamic-int8":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif precision in ("int8", "int16x8"):
+    elif precision in ("int8", "int8-full", "int16x8"):
         if representative is None:
             raise ValueError(f"{precision} needs calibration data")
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = representative
-        if precision == "int8":
+        if precision in ("int8", "int8-full"):
             # int8 kernels first; ops without an int8 kernel (or denylisted) stay float.
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
         else:
@@ -158,6 +162,24 @@ def inventory(model_bytes: bytes) -> dict:
             "standalone_activations": {k: ops[k] for k in ("RELU", "RELU6", "GELU", "TANH") if ops.get(k)},
             "weights_per_channel": per_channel, "weights_per_tensor": per_tensor,
             "float_matmuls": dict(float_ops), "signature": io}
+
+
+def float_compute_ops(model_bytes: bytes) -> dict[str, int]:
+    """Compute ops (not conversions or layout) that read or write float tensors, by type: empty for an
+    integer-only graph apart from its float input/output conversions."""
+    m = _read(model_bytes)
+    names = _builtin_names()
+    sg = m.subgraphs[0]
+    out: collections.Counter = collections.Counter()
+    for op in sg.operators:
+        code = m.operatorCodes[op.opcodeIndex]
+        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+        if name in NON_COMPUTE_OPS:
+            continue
+        ts = [sg.tensors[i] for i in list(op.inputs) + list(op.outputs) if i >= 0]
+        if any(t.type in (0, 1) for t in ts):  # FLOAT32, FLOAT16
+            out[name] += 1
+    return dict(sorted(out.items()))
 
 
 # --------------------------------------------------------------------- running

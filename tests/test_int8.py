@@ -230,3 +230,42 @@ def test_gemm_shapes_and_shape_floor(tiny_models):
     assert res["fp32_ms"] > 0 and res["int8_ms"] > 0
     assert all(s["fp32_xnnpack"] for s in res["shapes"])
     assert res["int8_attention_fp32_ms"] > 0
+
+
+def _tiny_attention_calibrated():
+    """FC -> scores (BATCH_MATMUL) -> SOFTMAX -> context (BATCH_MATMUL) -> FC, calibrated."""
+    import tensorflow as tf
+
+    from mobilebert_mobile.converters.quantize import calibrate
+
+    rng = np.random.default_rng(1)
+    wq = rng.standard_normal((32, 32)).astype(np.float32) * 0.2
+    wo = rng.standard_normal((32, 8)).astype(np.float32) * 0.2
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 2, 16, 32], tf.float32, name="x")])
+    def f(x):
+        q = tf.reshape(tf.matmul(tf.reshape(x, [32, 32]), wq), [1, 2, 16, 32])
+        a = tf.nn.softmax(tf.matmul(q, x, transpose_b=True))
+        return {"y": tf.matmul(tf.reshape(tf.matmul(a, x), [32, 32]), wo)}
+
+    module = tf.Module()
+    module.f = f
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], module)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ({"x": rng.standard_normal((1, 2, 16, 32)).astype(np.float32)}
+                                           for _ in range(8))
+    return calibrate(conv)
+
+
+def test_int8_full_has_no_float_compute_op():
+    from mobilebert_mobile.converters.quantize import DEFAULT_FLOAT_OPS, quantize_calibrated
+    from mobilebert_mobile.converters.tflite import float_compute_ops, inventory
+
+    calibrated = _tiny_attention_calibrated()
+    default = quantize_calibrated(calibrated, float_ops=DEFAULT_FLOAT_OPS)
+    full = quantize_calibrated(calibrated, float_ops=())
+    # our int8 keeps attention float; the inventory check sees it
+    assert set(float_compute_ops(default)) >= {"BATCH_MATMUL", "SOFTMAX"}
+    assert float_compute_ops(full) == {}
+    ops = inventory(full)["ops"]
+    assert ops.get("BATCH_MATMUL") and ops.get("SOFTMAX") and ops.get("FULLY_CONNECTED")
