@@ -194,21 +194,30 @@ def markdown(res: dict) -> str:
              f"Model: {res['macs']['total'] / 1e9:.3f} G multiply-accumulates per sequence. Measured here: XNNPACK "
              f"{f['throughput']['xnnpack_fp32_gmacs']:.0f} G fp32 and {f['throughput']['xnnpack_int8_gmacs']:.0f} G "
              f"int8 MAC/s on {f['throughput']['threads']} threads, so the floors are {f['fp32_ms']:.1f} ms fp32 and "
-             f"{f['int8_ms']:.1f} ms int8.", ""]
+             f"{f['int8_ms']:.1f} ms int8 (single-large-GEMM floor).", ""]
+    isa = res["machine"].get("int8_isa") or {}
+    if isa:
+        lines += [f"int8 ISA: {isa.get('best')} (int8 dot product: {'yes' if isa.get('int8_dot_product') else 'no'}).", ""]
+    sf = f.get("shape_aware")
+    if sf:
+        lines += [f"Shape-aware floor (each of the model's {len(sf['shapes'])} GEMM shapes timed alone as a one-op "
+                  f".tflite, summed by count): {sf['fp32_ms']:.1f} ms fp32, {sf['int8_ms']:.1f} ms int8 "
+                  f"({sf['int8_attention_fp32_ms']:.1f} ms with attention's matmuls in fp32, as our int8 graph runs "
+                  "them). `x shape floor` is the ratio to it.", ""]
     for t in res["threads"]:
         lines += [f"## {t} thread(s)", "",
-                  "| variant | median ms | p10 | p90 | p99 | x floor | size MB | peak RSS MB | load s | "
+                  "| variant | median ms | p10 | p90 | p99 | x floor | x shape floor | size MB | peak RSS MB | load s | "
                   "first call s | max abs diff | label agreement |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         rows = res["variants"][str(t)]
         for name, r in sorted(rows.items(), key=lambda kv: kv[1].get("median_ms", 1e9)):
             if r["status"] != "ok":
-                lines.append(f"| {name} | {r['status']}: {r['reason'][:90]} | | | | | | | | | | |")
+                lines.append(f"| {name} | {r['status']}: {r['reason'][:90]} | | | | | | | | | | | |")
                 continue
             fl = r.get("x_floor")
             lines.append(
                 f"| {name} | {r['median_ms']:.2f} | {r['p10_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | "
-                f"{'' if fl is None else f'{fl:.2f}'} | {_fmt(r.get('size_mb'))} | {_fmt(r.get('peak_rss_mb'), 0)} | "
+                f"{'' if fl is None else f'{fl:.2f}'} | {_fmt(r.get('x_shape_floor'))} | {_fmt(r.get('size_mb'))} | {_fmt(r.get('peak_rss_mb'), 0)} | "
                 f"{r['load_s']:.2f} | {r['first_call_s']:.3f} | {r['fidelity']['max_abs_diff']:.2g} | "
                 f"{r['fidelity']['label_agreement']:.3f} |")
         lines.append("")
@@ -395,11 +404,19 @@ def run(*, checkpoint: str | None = None, preset: str = "mobilebert", layers: in
     thr = floor.measure(threads=max(threads), runs=20 if quick else 50)
     fl = floor.floors_ms(m["total"], thr)
     res["floor"] = {"throughput": thr, "fp32_ms": fl["fp32"], "int8_ms": fl["int8"]}
+    log("measuring the shape-aware floor (each GEMM shape of the model alone, fp32 and int8)")
+    fp32_model = os.path.join(bundle, "model_fp32.tflite")
+    if os.path.isfile(fp32_model):
+        with open(fp32_model, "rb") as fh:
+            sf = floor.shape_floor(fh.read(), threads=max(threads), runs=10 if quick else 30, rounds=2 if quick else 5)
+        res["floor"]["shape_aware"] = sf
     for t, rows in res["variants"].items():
         for name, r in rows.items():
             if r["status"] == "ok":
                 is_int = "int8" in name
                 r["x_floor"] = r["median_ms"] / (fl["int8"] if is_int else fl["fp32"])
+                if res["floor"].get("shape_aware"):
+                    r["x_shape_floor"] = r["median_ms"] / res["floor"]["shape_aware"]["int8_ms" if is_int else "fp32_ms"]
     if do_scaling:
         log("scaling with sequence length and batch size")
         res["scaling"] = scaling(checkpoint, work, seq_lens, batches, seq_len, ("fp32", "dynamic-int8"),

@@ -33,13 +33,17 @@ def test_quick_mode_end_to_end(tmp_path):
         assert 0 < rows[name]["peak_rss_mb"] < 4096
     assert rows["ours TFLite fp32"]["fidelity"]["max_abs_diff"] < 1e-4
     assert res["floor"]["fp32_ms"] > 0 and res["floor"]["int8_ms"] > 0
+    sf = res["floor"]["shape_aware"]  # every GEMM shape of the model timed alone, fp32 and int8
+    assert sf["fp32_ms"] > 0 and sf["int8_ms"] > 0 and {s["op"] for s in sf["shapes"]} == {"FULLY_CONNECTED",
+                                                                                            "BATCH_MATMUL"}
+    assert rows["ours TFLite int8"]["x_shape_floor"] > 0 and res["machine"]["int8_isa"]["best"]
     assert res["versions"]["tensorflow"] and res["machine"]["flags"]
     assert [r["seq_len"] for r in res["scaling"]["rows"]] == [16, 32, 32]
     for f in ("results.md", "latency.png", "scaling.png", "results.jsonl"):
         assert (out / f).stat().st_size > 0
     lines = (out / "results.jsonl").read_text().splitlines()
     assert len(lines) == len(rows) and all(json.loads(x)["variant"] for x in lines)
-    assert "x floor" in (out / "results.md").read_text()
+    assert "x floor" in (out / "results.md").read_text() and "x shape floor" in (out / "results.md").read_text()
     assert not (out / "work").exists()
 
 
