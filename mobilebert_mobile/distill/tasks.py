@@ -9,7 +9,7 @@ from ..modeling import attention_mask_bias
 from . import losses as L
 from .data import mask_tokens, sentence_order, step_generator
 from .strategies import Stage, lr_scale_fn, plan
-from .teachers import FeatureMapping, Teacher, check_pair
+from .teachers import QK_INITS, DistillError, FeatureMapping, Teacher, check_pair, init_qk
 
 
 def encode(backbone, batch: dict, upto: int | None = None):
@@ -96,8 +96,11 @@ class DistillTask:
     def __init__(self, teacher: Teacher, student, *, strategy: str, steps: int, fm_weight: float = 100.0,
                  at_weight: float = 1.0, mv_weight: float = 0.0, alpha: float = 0.5, sop: bool = False,
                  mapping: bool = False, lower: str = "freeze", lower_rate: float = 0.1, current_rate: float = 1.0,
-                 freeze_embeddings: bool = False, mlm_prob: float = 0.15, seed: int = 0,
+                 freeze_embeddings: bool = False, mlm_prob: float = 0.15, seed: int = 0, qk_init: str = "teacher",
+                 qk_ridge: float = 1e-3, calibration: dict | None = None,
                  special_ids: tuple[int, ...] = (0, 101, 102), mask_id: int = 103, sep_id: int = 102):
+        if qk_init not in QK_INITS:
+            raise DistillError(f"unknown Q/K initialisation {qk_init!r}; choose one of {', '.join(QK_INITS)}")
         self.teacher = teacher
         self.pair = check_pair(teacher.config, student.config, mapping=mapping)
         nl = student.config.num_hidden_layers
@@ -110,7 +113,10 @@ class DistillTask:
         self.stages = plan(strategy, steps, nl)
         self.opts = dict(strategy=strategy, steps=steps, fm=fm_weight, at=at_weight, mv=mv_weight, alpha=alpha,
                          sop=sop, mapping=mapping, lower=lower, lower_rate=lower_rate, current_rate=current_rate,
-                         freeze_embeddings=freeze_embeddings, mlm_prob=mlm_prob, seed=seed)
+                         freeze_embeddings=freeze_embeddings, mlm_prob=mlm_prob, seed=seed, qk_init=qk_init,
+                         qk_ridge=qk_ridge)
+        self.calibration = calibration  # unmasked [B, S] inputs for the Q/K initialisation
+        self.qk_log: list[dict] = []
         self.special_ids, self.mask_id, self.sep_id, self.seed = special_ids, mask_id, sep_id, seed
 
     def describe(self) -> dict:
@@ -121,8 +127,32 @@ class DistillTask:
         return lr_scale_fn(stage, lower=o["lower"], lower_rate=o["lower_rate"], current_rate=o["current_rate"],
                            freeze_embeddings=o["freeze_embeddings"])
 
-    def begin_stage(self, stage: Stage) -> None:
-        pass
+    def begin_stage(self, stage: Stage, first_step: int = 0) -> None:
+        """At the start of a layer-wise stage, initialise the Q/K of the layers it trains from the teacher
+        (``qk_init``, see teachers.init_qk), on the student's current inputs of those layers: progressive
+        stages do their own layer once its inputs are trained; auxiliary and joint do every layer, in order."""
+        if (first_step or self.opts["qk_init"] == "random" or not self.pair["attention"] or not stage.layers
+                or self.calibration is None or self.pair["project"]):
+            return
+        student, tenc = self.module.student.mobilebert, self.teacher.encoder()
+        b = self.calibration
+        mask = b["attention_mask"]
+        lm = self.pair["layer_map"]
+        with torch.no_grad():
+            hs = student.embeddings(b["input_ids"], b["token_type_ids"])
+            ht = tenc.embeddings(b["input_ids"], b["token_type_ids"])
+            bs = attention_mask_bias(mask, student.config.attention_mask_value, hs.dtype)
+            bt = attention_mask_bias(mask, tenc.config.attention_mask_value, ht.dtype)
+            t_hidden = [ht]
+            for layer in tenc.encoder.layer[:max(lm[l] for l in stage.layers) + 1]:
+                t_hidden.append(layer(t_hidden[-1], bt)[0])
+            for l in range(max(stage.layers) + 1):
+                layer = student.encoder.layer[l]
+                if l in stage.layers:
+                    info = init_qk(layer, tenc.encoder.layer[lm[l]], hs, t_hidden[lm[l]], mask, self.opts["qk_init"],
+                                   ridge=self.opts["qk_ridge"])
+                    self.qk_log.append({"stage": stage.name, "layer": l, **info})
+                hs = layer(hs, bs)[0]
 
     def prepare(self, batch: dict, step: int) -> dict:
         g = step_generator(self.seed, step)
@@ -186,7 +216,7 @@ class FinetuneTask:
     def lr_scale(self, stage):
         return lambda name: 1.0
 
-    def begin_stage(self, stage) -> None:
+    def begin_stage(self, stage, first_step: int = 0) -> None:
         pass
 
     def prepare(self, batch, step):

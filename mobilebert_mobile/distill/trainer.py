@@ -129,8 +129,12 @@ def _autocast(cfg: TrainConfig):
     return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
 
 
-def train(task, batches: Batches, cfg: TrainConfig) -> dict:
-    """Run every stage of ``task.stages``; returns a summary (steps, seconds, final losses)."""
+def train(task, batches: Batches, cfg: TrainConfig, probe=None) -> dict:
+    """Run every stage of ``task.stages``; returns a summary (steps, seconds, final losses).
+
+    ``probe`` (optional, for diagnostics such as ``distill.diagnose``): an object with
+    ``before_backward(step, stage, losses, module)`` and ``after_step(step, stage, module, opt, grad_norm)``;
+    it must not change the model or the RNG streams of training."""
     rank, world = dist_info()
     _init_dist(world)
     if cfg.global_batch % world:
@@ -170,7 +174,8 @@ def train(task, batches: Batches, cfg: TrainConfig) -> dict:
     try:
         for si in range(start_stage, len(stages)):
             stage = stages[si]
-            task.begin_stage(stage)
+            first = start_step if si == start_stage else 0
+            task.begin_stage(stage, first)  # a stage resumed part-way (first > 0) is not re-initialised
             for p in module.parameters():
                 p.requires_grad_(True)
             groups = param_groups(module.named_parameters(), cfg.weight_decay, task.lr_scale(stage))
@@ -182,7 +187,6 @@ def train(task, batches: Batches, cfg: TrainConfig) -> dict:
             opt = make_optimizer(cfg.optimizer, groups, cfg.lr)
             warm = int(cfg.warmup_frac * stage.steps)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear(stage.steps, warm))
-            first = start_step if si == start_stage else 0
             if resumed is not None and si == start_stage and resumed.get("optimizer") is not None and first > 0:
                 opt.load_state_dict(resumed["optimizer"])
                 sched.load_state_dict(resumed["scheduler"])
@@ -206,10 +210,14 @@ def train(task, batches: Batches, cfg: TrainConfig) -> dict:
                 if not torch.isfinite(loss):
                     raise TrainError(f"non-finite loss at step {global_step} ({stage.name}): lower --lr or use fp32")
                 opt.zero_grad(set_to_none=True)
+                if probe is not None:
+                    probe.before_backward(global_step, stage, losses, module)
                 loss.backward()
                 gnorm = torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.clip) \
                     if cfg.clip > 0 else torch.tensor(0.0)
                 opt.step()
+                if probe is not None:
+                    probe.after_step(global_step, stage, module, opt, float(gnorm))
                 sched.step()
                 global_step += 1
                 last = {k: float(v.detach()) for k, v in losses.items()}
