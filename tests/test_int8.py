@@ -232,6 +232,20 @@ def test_gemm_shapes_and_shape_floor(tiny_models):
     assert res["int8_attention_fp32_ms"] > 0
 
 
+def test_floor_command_reports_both_floors(tiny_models, tmp_path):
+    from mobilebert_mobile.benchmarks import floor
+
+    p = tiny_models["fp32"]
+    assert floor.main([p, "--measure", f"tiny fp32={p}", f"tiny int8={tiny_models['int8']}", "--runs", "4",
+                       "--rounds", "2", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "floor.json").read_text())
+    assert res["single_gemm_floor"]["fp32_ms"] > 0 and res["single_gemm_floor"]["int8_ms"] > 0
+    assert set(res["measured_ms"]) == {"tiny fp32", "tiny int8"} and res["machine"]["int8_isa"]["best"]
+    md = (tmp_path / "floor.md").read_text()
+    rows = [ln.split("|")[1:-1] for ln in md.splitlines() if ln.startswith("| tiny ")]
+    assert len(rows) == 2 and all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
+
+
 def _tiny_attention_calibrated():
     """FC -> scores (BATCH_MATMUL) -> SOFTMAX -> context (BATCH_MATMUL) -> FC, calibrated."""
     import tensorflow as tf
