@@ -201,9 +201,9 @@ def markdown(res: dict) -> str:
     sf = f.get("shape_aware")
     if sf:
         lines += [f"Shape-aware floor (each of the model's {len(sf['shapes'])} GEMM shapes timed alone as a one-op "
-                  f".tflite, summed by count): {sf['fp32_ms']:.1f} ms fp32, {sf['int8_ms']:.1f} ms int8 "
-                  f"({sf['int8_attention_fp32_ms']:.1f} ms with attention's matmuls in fp32, as our int8 graph runs "
-                  "them). `x shape floor` is the ratio to it.", ""]
+                  f".tflite, summed by count): {sf['fp32_ms']:.1f} ms fp32, {sf['int8_ms']:.1f} ms int8 (each shape "
+                  f"at the faster of its int8 and fp32 kernels; {sf['all_int8_ms']:.1f} ms with every GEMM int8). "
+                  "`x shape floor` is the ratio to it.", ""]
     for t in res["threads"]:
         lines += [f"## {t} thread(s)", "",
                   "| variant | median ms | p10 | p90 | p99 | x floor | x shape floor | size MB | peak RSS MB | load s | "
