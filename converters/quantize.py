@@ -78,7 +78,7 @@ def activation_histograms(calibrated: bytes, feeds: dict, bins: int = 2048) -> d
     kernels with every intermediate kept). Bins span the calibrator's own [min, max] of the tensor."""
     import tempfile
 
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from mobilebert_mobile.runtime.litert import interpreter
     from tensorflow.lite.tools import flatbuffer_utils
 
     m = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
@@ -93,9 +93,7 @@ def activation_histograms(calibrated: bytes, feeds: dict, bins: int = 2048) -> d
     with tempfile.NamedTemporaryFile(suffix=".tflite") as fh:
         fh.write(calibrated)
         fh.flush()
-        it = Interpreter(model_path=fh.name, num_threads=2, experimental_preserve_all_tensors=True,
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        it.allocate_tensors()
+        it = interpreter(fh.name, num_threads=2, preserve_all_tensors=True, use_xnnpack=False, allocate=True)
         ins = _interp_inputs(it, feeds)
         batch = int(it.get_input_details()[0]["shape"][0])
         n = feeds[ins[0][1]].shape[0]
@@ -274,8 +272,7 @@ def _group_order(name: str) -> tuple:
 
 
 def quantize_with_fallback(calibrated: bytes, evaluate: Callable[[bytes], float], target: float, *,
-                           float_ops=DEFAULT_FLOAT_OPS, max_float_layers: int | None = None,
-                           progress: Callable[[str], None] | None = None) -> QuantResult:
+                           float_ops=DEFAULT_FLOAT_OPS, progress: Callable[[str], None] | None = None) -> QuantResult:
     """Quantize; while ``evaluate(model) < target`` keep the most sensitive layer in float."""
     say = progress or (lambda s: None)
     model = quantize_calibrated(calibrated, float_ops=float_ops)
@@ -301,9 +298,8 @@ def quantize_with_fallback(calibrated: bytes, evaluate: Callable[[bytes], float]
         sensitivity[name] = 1.0 - evaluate(only_this)  # accuracy lost by quantizing this layer alone
     res.sensitivity = sensitivity
     order = sorted(sensitivity, key=lambda k: -sensitivity[k])
-    limit = len(order) if max_float_layers is None else max_float_layers
     kept: list[str] = []
-    for name in order[:limit]:
+    for name in order:
         kept.append(name)
         say(f"keeping {', '.join(kept)} in float")
         nodes = [n for k in kept for n in groups[k]]

@@ -6,8 +6,6 @@ receives is our lowering of the verified ONNX model.
 from __future__ import annotations
 
 import collections
-import os
-import re
 import subprocess
 import sys
 from typing import Callable, Iterable
@@ -184,10 +182,9 @@ def float_compute_ops(model_bytes: bytes) -> dict[str, int]:
 
 # --------------------------------------------------------------------- running
 def _litert_interpreter(path: str, threads: int, xnnpack: bool = True):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from mobilebert_mobile.runtime.litert import interpreter
 
-    kw = {} if xnnpack else {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
-    return Interpreter(model_path=path, num_threads=threads, **kw)
+    return interpreter(path, num_threads=threads, use_xnnpack=xnnpack)
 
 
 def run_tflite(path: str, feeds: dict[str, np.ndarray], threads: int = 2) -> dict[str, np.ndarray]:
@@ -232,17 +229,29 @@ def delegation(interp) -> dict:
 
 
 def xnnpack_partitions(path: str, threads: int = 2) -> dict:
-    """Delegation summary, computed in a child process (an aborting kernel cannot kill the caller)."""
+    """Delegation summary, computed in a child process (an aborting kernel cannot kill the caller):
+    ``python -m mobilebert_mobile.converters.tflite delegation PATH THREADS``."""
     import json
 
-    code = ("import json, sys\n"
-            "from ai_edge_litert.interpreter import Interpreter\n"
-            "from mobilebert_mobile.converters.tflite import delegation\n"
-            f"it = Interpreter(model_path={path!r}, num_threads={threads})\n"
-            "it.allocate_tensors()\n"
-            "print('@@' + json.dumps(delegation(it)))\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "mobilebert_mobile.converters.tflite", "delegation", path,
+                        str(threads)], capture_output=True, text=True, timeout=300)
     for line in r.stdout.splitlines():
         if line.startswith("@@"):
             return json.loads(line[2:])
     return {"error": (r.stderr.strip().splitlines() or ["no output"])[-1]}
+
+
+def _child(argv: list[str]) -> int:
+    import json
+
+    if len(argv) != 3 or argv[0] != "delegation":
+        print("usage: python -m mobilebert_mobile.converters.tflite delegation PATH THREADS", file=sys.stderr)
+        return 2
+    it = _litert_interpreter(argv[1], int(argv[2]))
+    it.allocate_tensors()
+    print("@@" + json.dumps(delegation(it)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child(sys.argv[1:]))

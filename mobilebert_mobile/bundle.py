@@ -1,4 +1,6 @@
-"""Reading a model bundle (docs/bundle.md): bundle.json, with every file's sha256 checked at load.
+"""The model bundle format (docs/bundle.md), both sides: reading bundle.json (paths confined to the
+bundle, every file's sha256 checked) and writing it (manifest, hashes, ONNX metadata keys, publishing
+the folder whole).
 
 Pure Python + hashlib: the runtime reads bundles next to an app.
 """
@@ -6,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 
-from ._io import sha256_file
+from ._io import atomic_write_text, sha256_file
 from .tasks import INPUT_NAMES, TASK_NAMES
 from .errors import BundleError  # noqa: F401  (re-exported: defined in errors.py)
 
@@ -135,3 +139,103 @@ def read_bundle(directory: str | os.PathLike, *, verify: bool = True) -> Bundle:
             if sha256_file(f) != digest:
                 raise BundleError(f"sha256 mismatch for {name}: the file changed after the bundle was written")
     return Bundle(d, m)
+
+
+# ----------------------------------------------------------------------- writing
+ONNX_BUNDLE_KEY = "mobilebert_mobile.bundle"   # model.onnx metadata: the bundle facts as JSON
+ONNX_VOCAB_KEY = "mobilebert_mobile.vocab"     # model.onnx metadata: the vocabulary, one token a line
+FORMAT_VERSION = 1
+
+
+def output_shapes(batch: int, seq_len: int, num_labels: int, hidden_size: int, vocab_size: int) -> dict:
+    return {"probabilities": [batch, num_labels], "logits": [batch, num_labels], "embedding": [batch, hidden_size],
+            "start_logits": [batch, seq_len], "end_logits": [batch, seq_len],
+            "mlm_logits": [batch, seq_len, vocab_size]}
+
+
+def build_manifest(*, task: str, labels: list[str] | None, seq_len: int, batch: int, lowercase: bool,
+                   outputs, shapes: dict, models: dict[str, str], default_model: str, source: dict,
+                   mask_value: float, embedding: dict | None, files: list[str], created_by: str) -> dict:
+    """bundle.json before hashing: ``models`` maps precision -> file name; ``files`` lists the other
+    members. ``publish`` fills in every sha256."""
+    m = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "task": task,
+        "max_seq_length": seq_len, "batch_size": batch, "lowercase": lowercase,
+        "inputs": [{"name": n, "dtype": "int32", "shape": [batch, seq_len]} for n in INPUT_NAMES],
+        "outputs": [{"name": o, "dtype": "float32", "shape": shapes[o]} for o in outputs],
+        "models": {p: {"file": f, "precision": "fp32" if p == "onnx" else p} for p, f in models.items()},
+        "default_model": default_model, "attention_mask_value": mask_value,
+        "files": {name: None for name in files}, "source": source, "created_by": created_by,
+    }
+    if task == "classification":
+        m["labels"] = list(labels or [])
+    if task == "embedding":
+        m["embedding"] = dict(embedding or {})
+    return m
+
+
+def set_onnx_metadata(onnx_model, facts: dict, vocab_tokens: list[str]) -> None:
+    """The bundle facts and the vocabulary inside a ModelProto, so the .onnx alone can be served
+    (read back by the Predictor under the same keys)."""
+    del onnx_model.metadata_props[:]
+    for k, v in ((ONNX_BUNDLE_KEY, json.dumps(facts)), (ONNX_VOCAB_KEY, "".join(t + "\n" for t in vocab_tokens))):
+        p = onnx_model.metadata_props.add()
+        p.key, p.value = k, v
+
+
+def work_dir_prefix(out: str) -> str:
+    """Temporary folders of a conversion to ``out`` live beside it: ``.convert-<name>-<pid>-``."""
+    return f".convert-{os.path.basename(out)}-{os.getpid()}-"
+
+
+def remove_stale_work_dirs(out: str) -> None:
+    """Work folders of earlier conversions to ``out`` whose process is gone (killed with SIGKILL)."""
+    parent, name = os.path.dirname(out), os.path.basename(out)
+    if not os.path.isdir(parent):
+        return
+    prefix = f".convert-{name}-"
+    for entry in os.listdir(parent):
+        if not entry.startswith(prefix):
+            continue
+        pid = entry[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+        except OSError:
+            pass
+
+
+def publish(tmp: str, out: str, manifest: dict) -> None:
+    """Hash the finished files, write bundle.json into the work folder, then move the folder into
+    place whole: a new ``out`` is one rename; an earlier bundle is renamed aside first and deleted
+    after, so ``out`` never holds a mix of two conversions. Files in ``tmp`` that the manifest does
+    not list (intermediates) are removed first."""
+    keep = {e["file"] for e in manifest["models"].values()} | set(manifest["files"]) | {"bundle.json"}
+    for e in manifest["models"].values():
+        e["sha256"] = sha256_file(os.path.join(tmp, e["file"]))
+    for name in list(manifest["files"]):
+        manifest["files"][name] = sha256_file(os.path.join(tmp, name))
+    for root, _, files in os.walk(tmp, topdown=False):
+        for f in files:
+            rel = os.path.relpath(os.path.join(root, f), tmp).replace(os.sep, "/")
+            if rel not in keep:
+                os.unlink(os.path.join(root, f))
+        if root != tmp and not os.listdir(root):
+            os.rmdir(root)
+    atomic_write_text(os.path.join(tmp, "bundle.json"), json.dumps(manifest, indent=2) + "\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o755 & ~umask)
+    if os.path.isdir(out) and os.listdir(out):
+        old = tempfile.mkdtemp(prefix=work_dir_prefix(out) + "old-", dir=os.path.dirname(out))
+        os.rmdir(old)
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if os.path.isdir(out):
+            os.rmdir(out)
+        os.rename(tmp, out)

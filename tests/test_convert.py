@@ -197,12 +197,12 @@ def test_output_dir_problems_and_nothing_overwritten(tmp_path, monkeypatch):
     assert os.listdir(out) == [] and sorted(os.listdir(tmp_path)) == ["ck", "file", "out"]
     monkeypatch.setitem(onnx_to_tf._HANDLERS, "Relu", real)
     # disk full while publishing: no partial model, notes untouched
-    import mobilebert_mobile.converters.pipeline as C
+    import mobilebert_mobile.bundle as B
 
     def full(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(C, "_publish", full)
+    monkeypatch.setattr(B, "publish", full)
     with pytest.raises(OSError, match="No space left"):
         convert(ck, out, precisions=("fp32",), **FAST)
     assert os.listdir(out) == [] and sorted(os.listdir(tmp_path)) == ["ck", "file", "out"]

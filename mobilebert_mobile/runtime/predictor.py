@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .._batching import run_in_fixed_batches
-from ..bundle import Bundle, BundleError, read_bundle
+from ..bundle import ONNX_BUNDLE_KEY, ONNX_VOCAB_KEY, Bundle, BundleError, read_bundle
 from ..errors import TaskMismatchError
 from ..tokenizer import Tokenizer, TokenizerError
 from .backends import LiteRTBackend, OnnxRuntimeBackend, PredictorError, TorchBackend
@@ -392,11 +392,11 @@ def _onnx_meta(path: str) -> _Meta:
 
     m = onnx.load(path, load_external_data=False)
     props = {p.key: p.value for p in m.metadata_props}
-    if "mobilebert_mobile.bundle" not in props or "mobilebert_mobile.vocab" not in props:
+    if ONNX_BUNDLE_KEY not in props or ONNX_VOCAB_KEY not in props:
         raise PredictorError(f"{path} carries no mobilebert-mobile metadata: load its bundle directory")
-    b = json.loads(props["mobilebert_mobile.bundle"])
+    b = json.loads(props[ONNX_BUNDLE_KEY])
     return _Meta(b["task"], list(b.get("labels") or []), bool(b.get("lowercase", True)), None,
-                 props["mobilebert_mobile.vocab"], b.get("embedding") or {})
+                 props[ONNX_VOCAB_KEY], b.get("embedding") or {})
 
 
 __all__ = ["Predictor", "PredictorError", "BundleError", "BACKENDS"]
