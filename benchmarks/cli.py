@@ -23,6 +23,8 @@ def register(sub) -> None:
     s.add_argument("--rounds", type=int, default=5, help="interleaving rounds")
     s.add_argument("--precision", default="fp32,fp16,dynamic-int8,int8")
     s.add_argument("--no-peers", action="store_true", help="skip litert-torch")
+    s.add_argument("--peers-venv", help="venv with litert-torch (default: $MOBILEBERT_MOBILE_PEERS_VENV, else "
+                                        ".venv-peers in the current directory; made by `bash scripts/setup.sh peers`)")
     s.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     s.add_argument("--no-scaling", action="store_true")
     s.add_argument("--scaling-only", action="store_true",
@@ -49,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
                   peers=False, compile_torch=False, seq_lens=(16, 32), batches=(1, 2), fidelity_n=8, quick=True)
     else:
         kw = dict(preset=args.preset, layers=args.layers, seq_len=args.seq_len, runs=args.runs, warmup=args.warmup,
-                  rounds=args.rounds, threads=threads, peers=not args.no_peers, compile_torch=not args.no_compile)
+                  rounds=args.rounds, threads=threads, peers=not args.no_peers, compile_torch=not args.no_compile,
+                  peers_venv=args.peers_venv)
     if args.scaling_only:
         from .host import markdown, rerun_scaling
 

@@ -18,7 +18,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -62,22 +61,28 @@ def build_checkpoint(preset: str, layers: int | None, out: str, seed: int = 0) -
     return out
 
 
-def litert_torch_python(root: str) -> str | None:
-    py = os.path.join(root, PEERS_VENV, "bin", "python")
+def litert_torch_python(venv: str | None = None) -> str | None:
+    """The peers venv's python: ``venv``, else ``$MOBILEBERT_MOBILE_PEERS_VENV``, else ``.venv-peers`` in the
+    current directory (where ``bash scripts/setup.sh peers`` creates it)."""
+    venv = venv or os.environ.get("MOBILEBERT_MOBILE_PEERS_VENV") or PEERS_VENV
+    py = os.path.join(os.path.abspath(venv), "bin", "python")
     return py if os.path.isfile(py) else None
 
 
-def convert_with_litert_torch(checkpoint: str, out_dir: str, seq_len: int, batch: int, root: str) -> dict:
+def convert_with_litert_torch(checkpoint: str, out_dir: str, seq_len: int, batch: int,
+                              venv: str | None = None) -> dict:
     """Run litert-torch (fp32 and its dynamic int8) in the peers venv; returns {name: path or error}."""
-    py = litert_torch_python(root)
+    import importlib.util
+
+    py = litert_torch_python(venv)
     if py is None:
         reason = (f"litert-torch is not installed: create its venv with `bash scripts/setup.sh peers` "
                   f"({PEERS_VENV}/, kept apart because it downgrades pydantic/typing_extensions)")
         return {"litert-torch fp32": reason, "litert-torch dynamic-int8": reason}
     os.makedirs(out_dir, exist_ok=True)
-    script = os.path.join(root, "benchmarks", "litert_torch_export.py")
+    script = importlib.util.find_spec("mobilebert_mobile.benchmarks.litert_torch_export").origin  # standalone script
     r = subprocess.run([py, script, checkpoint, out_dir, str(seq_len), str(batch)], capture_output=True, text=True,
-                       timeout=1800, env={**os.environ, "PYTHONPATH": root})
+                       timeout=1800)
     result = {}
     for name, fname in (("litert-torch fp32", "litert_torch_fp32.tflite"),
                         ("litert-torch dynamic-int8", "litert_torch_dynamic_int8.tflite")):
@@ -322,7 +327,7 @@ def run(*, checkpoint: str | None = None, preset: str = "mobilebert", layers: in
         batch: int = 1, threads=(1, 2), runs: int = 100, warmup: int = 10, rounds: int = 5, out_dir: str,
         precisions=("fp32", "fp16", "dynamic-int8", "int8"), peers: bool = True, compile_torch: bool = True,
         do_scaling: bool = True, seq_lens=(32, 64, 128, 256, 512), batches=(1, 4, 16), fidelity_n: int = 64,
-        quick: bool = False, command: str = "", log=print) -> dict:
+        quick: bool = False, command: str = "", log=print, peers_venv: str | None = None) -> dict:
     from mobilebert_mobile import assets
     from mobilebert_mobile.config import MobileBertConfig
     from mobilebert_mobile.converters import convert
@@ -330,7 +335,6 @@ def run(*, checkpoint: str | None = None, preset: str = "mobilebert", layers: in
     from mobilebert_mobile.tokenizer import Tokenizer
 
     np.random.seed(0)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     os.makedirs(out_dir, exist_ok=True)
     work = os.path.join(out_dir, "work")
     os.makedirs(work, exist_ok=True)
@@ -369,7 +373,7 @@ def run(*, checkpoint: str | None = None, preset: str = "mobilebert", layers: in
     if peers:
         log("converting with litert-torch (peers venv)")
         for name, p in convert_with_litert_torch(checkpoint, os.path.join(work, "litert_torch"), seq_len, batch,
-                                                 root).items():
+                                                 peers_venv).items():
             specs[name] = {"kind": "tflite", "path": p} if os.path.isfile(p) else p
     for prec in precisions:
         specs[f"ours TFLite {prec}"] = {"kind": "tflite", "path": os.path.join(bundle, f"model_{prec}.tflite")}
