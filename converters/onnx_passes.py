@@ -186,14 +186,16 @@ def _scalable(g: Graph, leaf: str, prod, cons) -> str | None:
     return None
 
 
-def fold_scale_into_sum(g: Graph) -> int:
-    """Fold ``Mul(sum, gamma) -> Add(beta)`` (NoNorm) into the terms of ``sum``.
+def fold_nonorm_into_linear(g: Graph) -> int:
+    """Fold a NoNorm, ``Mul(sum, gamma) -> Add(beta)``, into the terms of ``sum``.
 
     Applies where every term of the Add tree can absorb a per-feature scale: a MatMul with a
     constant weight (W' = W * gamma), a constant (c' = c * gamma (+ beta once)), or a Gather from
-    a constant table (T' = T * gamma). This is the input bottleneck, the attention bottleneck
-    and the embedding NoNorm (trigram projection + position and token-type tables). After a
-    residual add one term is an activation, so nothing is folded there.
+    a constant table (T' = T * gamma). That is the input bottleneck, the attention bottleneck,
+    the embedding NoNorm (trigram projection + position and token-type tables), and the
+    attention-output NoNorm, whose residual term is the input bottleneck: itself a constant-weight
+    linear map, so gamma distributes over both terms. Where a term is an activation (the residual
+    adds after the FFNs and the output bottleneck), nothing is folded.
     """
     count = 0
     progress = True
@@ -376,41 +378,49 @@ def fuse_sibling_matmuls(g: Graph) -> int:
 
 
 def topological_sort(g: Graph) -> None:
+    """Kahn's algorithm over the node list (no recursion, stable for nodes already in order)."""
     prod = g.producers()
-    order, seen = [], set()
-    graph_inputs = {i.name for i in g.g.input} | set(g.consts)
-
-    def visit(n):
-        if id(n) in seen:
-            return
-        seen.add(id(n))
-        for i in n.input:
-            p = prod.get(i)
-            if p is not None and i not in graph_inputs:
-                visit(p)
+    deps = {id(n): {id(prod[i]) for i in n.input if i in prod} for n in g.nodes}
+    users: dict[int, list] = collections.defaultdict(list)
+    for n in g.nodes:
+        for d in deps[id(n)]:
+            users[d].append(n)
+    waiting = {id(n): len(deps[id(n)]) for n in g.nodes}
+    ready = collections.deque(n for n in g.nodes if waiting[id(n)] == 0)
+    order = []
+    while ready:
+        n = ready.popleft()
         order.append(n)
-
-    import sys
-
-    sys.setrecursionlimit(max(10000, sys.getrecursionlimit()))
-    for n in list(g.nodes):
-        visit(n)
+        for u in users[id(n)]:
+            waiting[id(u)] -= 1
+            if waiting[id(u)] == 0:
+                ready.append(u)
+    if len(order) != len(g.nodes):
+        raise PassError(f"the graph has a cycle ({len(g.nodes) - len(order)} node(s) never became ready)")
     g.nodes = order
 
 
 def remove_dead(g: Graph) -> int:
-    cons = g.consumers()
-    count = 0
-    changed = True
-    while changed:
-        changed = False
-        for n in list(g.nodes):
-            if all(not cons.get(o) for o in n.output):
-                g.remove([n])
-                count += 1
-                changed = True
-        cons = g.consumers()
-    return count
+    """Remove nodes whose outputs nobody reads, with use counts kept as nodes go (one pass over
+    the graph instead of rebuilding the consumer map after every removal)."""
+    prod = g.producers()
+    uses: dict[str, int] = collections.Counter(i for n in g.nodes for i in n.input)
+    for o in g.outputs:
+        uses[o] += 1
+    dead = [n for n in g.nodes if all(uses[o] == 0 for o in n.output)]
+    removed: set[int] = set()
+    while dead:
+        n = dead.pop()
+        if id(n) in removed:
+            continue
+        removed.add(id(n))
+        for i in n.input:
+            uses[i] -= 1
+            p = prod.get(i)
+            if uses[i] == 0 and p is not None and id(p) not in removed and all(uses[o] == 0 for o in p.output):
+                dead.append(p)
+    g.nodes = [n for n in g.nodes if id(n) not in removed]
+    return len(removed)
 
 
 # ------------------------------------------------------------------------ driver
@@ -426,7 +436,7 @@ DEFAULT_PASSES: list[tuple[str, Callable[[Graph], int]]] = [
     ("remove_noops", remove_noops),
     ("fold_constants", fold_constants),
     ("set_mask_value", set_mask_value),
-    ("fold_nonorm_into_linear", fold_scale_into_sum),
+    ("fold_nonorm_into_linear", fold_nonorm_into_linear),
     ("fold_attention_scale", fold_attention_scale),
     ("fuse_sibling_matmuls", fuse_sibling_matmuls),
     ("remove_dead", remove_dead),

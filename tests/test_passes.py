@@ -55,7 +55,7 @@ def test_fold_nonorm_into_linear(exported, feeds):
     onx, _, _ = exported
     before = P.op_counts(onx)["Mul"]
     out, n = _apply(P.Graph(copy.deepcopy(onx)).finalize(), P.fold_constants)
-    out2, n2 = _apply(out, P.fold_scale_into_sum)
+    out2, n2 = _apply(out, P.fold_nonorm_into_linear)
     # embeddings + per layer: input bottleneck, attention bottleneck, and the attention-output norm
     # (its residual is the input bottleneck, itself a constant-weight linear map, so gamma distributes)
     assert n2 == 1 + 3 * 2
@@ -71,12 +71,17 @@ def test_fold_embedding_norm_reaches_tables(exported, feeds):
     onx, _, _ = exported
     g = P.Graph(copy.deepcopy(onx))
     P.fold_constants(g)
-    P.fold_scale_into_sum(g)
-    prod, cons = g.producers(), g.consumers()
+    P.fold_nonorm_into_linear(g)
     # the token-type Gather now reads a folded (scaled) table, and no Mul sits after the embedding sum
     gathers = [n for n in g.nodes if n.op_type == "Gather" and g.consts.get(n.input[0]) is not None
                and g.consts[n.input[0]].shape[0] == 2]
     assert gathers and gathers[0].input[0].startswith("pass_folded")
+    # the folded numbers: the token-type table times the embedding NoNorm's gamma (beta goes to one
+    # constant term of the sum, not to this table)
+    emb = exported[1].model.mobilebert.embeddings
+    table = emb.token_type_embeddings.weight.detach().numpy()
+    gamma = emb.LayerNorm.weight.detach().numpy()
+    np.testing.assert_allclose(g.consts[gathers[0].input[0]], table * gamma, rtol=1e-6, atol=1e-7)
 
 
 def test_fold_attention_scale(exported, feeds):
@@ -84,6 +89,12 @@ def test_fold_attention_scale(exported, feeds):
     out, n = _apply(onx, P.fold_attention_scale)
     assert n == 2  # one per layer
     _same(onx, out, feeds)
+    # the folded numbers: layer 0's query weight (and bias) divided by sqrt(head size)
+    attn = exported[1].model.mobilebert.encoder.layer[0].attention.self
+    head = attn.query.weight.shape[0] // exported[1].model.config.num_attention_heads
+    wq = attn.query.weight.detach().numpy().T / np.sqrt(head)
+    consts = P.Graph(copy.deepcopy(out)).consts.values()
+    assert any(c.shape == wq.shape and np.allclose(c, wq, rtol=1e-6, atol=1e-7) for c in consts)
 
 
 def test_fuse_sibling_matmuls(exported, feeds):
