@@ -261,6 +261,47 @@ def fold_nonorm_into_linear(g: Graph) -> int:
     return count
 
 
+def fuse_gelu(g: Graph) -> int:
+    """Replace the exporter's erf GELU, ``x * 0.5 * (1 + erf(x / sqrt 2))`` (Div or Mul, Erf, Add, Mul,
+    Mul), with one ``Gelu`` node (domain ``com.microsoft``, which onnxruntime runs, so the pass is
+    verified like the others); the lowering maps it to one GELU op."""
+    import onnx
+
+    prod, cons = g.producers(), g.consumers()
+    fused = []
+    for erf in list(g.nodes):
+        if erf.op_type != "Erf":
+            continue
+        scale = prod.get(erf.input[0])
+        if scale is None or scale.op_type not in ("Div", "Mul") or not _single_consumer(cons, erf.input[0]):
+            continue
+        c = g.const(scale.input[1])
+        k = None if c is None or c.size != 1 else float(c.reshape(-1)[0])
+        if k is None or not (abs(k - 2 ** 0.5) < 1e-3 if scale.op_type == "Div" else abs(k - 2 ** -0.5) < 1e-3):
+            continue
+        x = scale.input[0]
+        chain, out = [], erf.output[0]
+        for _ in range(3):  # Add(1) -> Mul(x) -> Mul(0.5), as torch's exporter writes it (Mul order varies)
+            nxt = cons.get(out, [])
+            if len(nxt) != 1 or nxt[0] is None or nxt[0].op_type not in ("Add", "Mul"):
+                break
+            chain.append(nxt[0])
+            out = nxt[0].output[0]
+        if len(chain) != 3 or chain[0].op_type != "Add" or (x not in chain[1].input and x not in chain[2].input):
+            continue
+        node = onnx.helper.make_node("Gelu", [x], [out], name=g.new_name("gelu"), domain="com.microsoft")
+        node.metadata_props.extend(erf.metadata_props)  # keep the module scope (layer)
+        fused.append((node, [scale, erf] + chain))
+    for node, old in fused:
+        g.remove(old)
+        g.nodes.append(node)
+    if fused:
+        if not any(o.domain == "com.microsoft" for o in g.model.opset_import):
+            g.model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+        topological_sort(g)
+    return len(fused)
+
+
 def fold_attention_scale(g: Graph) -> int:
     """Fold the 1/sqrt(d) of ``Mul(MatMul(Q, K^T), c)`` into the query projection's weight and bias."""
     count = 0
@@ -437,6 +478,7 @@ DEFAULT_PASSES: list[tuple[str, Callable[[Graph], int]]] = [
     ("fold_constants", fold_constants),
     ("set_mask_value", set_mask_value),
     ("fold_nonorm_into_linear", fold_nonorm_into_linear),
+    ("fuse_gelu", fuse_gelu),
     ("fold_attention_scale", fold_attention_scale),
     ("fuse_sibling_matmuls", fuse_sibling_matmuls),
     ("remove_dead", remove_dead),

@@ -31,46 +31,18 @@ def _attrs(node) -> dict:
 class Lowering:
     """Callable holding the graph; ``__call__(tf_inputs: dict) -> dict`` of output tensors."""
 
-    def __init__(self, model, *, gelu_approximate: bool = False):
+    def __init__(self, model):
         import copy
 
         self.g = Graph(copy.deepcopy(model))
         self.nodes = self.g.nodes
         self.inputs = [i.name for i in self.g.g.input if i.name not in self.g.consts]
         self.outputs = [o.name for o in self.g.g.output]
-        unsupported = sorted({n.op_type for n in self.nodes} - set(_HANDLERS) - {"Erf"})
+        unsupported = sorted({n.op_type for n in self.nodes} - set(_HANDLERS))
         if unsupported:
-            raise LoweringError(f"unsupported ONNX ops: {', '.join(unsupported)}")
+            hint = " (an Erf outside the GELU pattern that the fuse_gelu pass recognises)" if "Erf" in unsupported else ""
+            raise LoweringError(f"unsupported ONNX ops: {', '.join(unsupported)}{hint}")
         self._tf_consts: dict = {}
-        self.gelu_approximate = gelu_approximate
-        self._gelu = self._find_gelu()
-
-    def _find_gelu(self) -> tuple[dict, set]:
-        """Recognise ``x * 0.5 * (1 + erf(x / sqrt 2))`` -> one GELU.
-
-        Returns ({id(erf node): (x, output name)}, {ids of the nodes the GELU replaces}).
-        """
-        prod, cons = self.g.producers(), self.g.consumers()
-        at_erf, skip = {}, set()
-        for erf in self.nodes:
-            if erf.op_type != "Erf":
-                continue
-            scale = prod.get(erf.input[0])
-            if scale is None or scale.op_type not in ("Div", "Mul") or len(cons[erf.input[0]]) != 1:
-                continue
-            x = scale.input[0]
-            chain, out = [], erf.output[0]
-            for _ in range(3):  # Add(1) -> Mul(x) -> Mul(0.5), as torch's exporter writes it
-                nxt = cons.get(out, [])
-                if len(nxt) != 1 or nxt[0] is None or nxt[0].op_type not in ("Add", "Mul"):
-                    break
-                chain.append(nxt[0])
-                out = nxt[0].output[0]
-            if len(chain) != 3 or x not in chain[1].input and x not in chain[2].input:
-                continue
-            at_erf[id(erf)] = (x, out)
-            skip.update({id(scale), id(erf)} | {id(c) for c in chain})
-        return at_erf, skip
 
     def _const(self, name):
         import tensorflow as tf
@@ -103,23 +75,12 @@ class Lowering:
         import tensorflow as tf
 
         env = dict(feeds)
-        at_erf, skip = self._gelu
         for n in self.nodes:
             with tf.name_scope(self.scope_of(n)):
-                self._emit(n, env, at_erf, skip)
+                self._emit(n, env)
         return {o: self._value(env, o) for o in self.outputs}
 
-    def _emit(self, n, env, at_erf, skip) -> None:
-        import tensorflow as tf
-
-        if id(n) in at_erf:
-            x, out = at_erf[id(n)]
-            env[out] = tf.nn.gelu(self._value(env, x), approximate=self.gelu_approximate)
-            return
-        if id(n) in skip:
-            return
-        if n.op_type == "Erf":
-            raise LoweringError("Erf outside a GELU pattern is not supported")
+    def _emit(self, n, env) -> None:
         args = [None if i == "" else self._value(env, i) for i in n.input]
         res = _HANDLERS[n.op_type](self, n, args)
         if not isinstance(res, (list, tuple)):
@@ -398,6 +359,7 @@ def _ops():
         "ReduceSum": _reduce("reduce_sum"), "ReduceMean": _reduce("reduce_mean"),
         "LayerNormalization": _layernorm, "Split": _split, "Clip": _clip,
         "Relu": _unary(lambda tf: tf.nn.relu), "Tanh": _unary(lambda tf: tf.math.tanh),
+        "Gelu": _unary(lambda tf: lambda x: tf.nn.gelu(x, approximate=False)),  # from the fuse_gelu pass
         "Sqrt": _unary(lambda tf: tf.math.sqrt), "Neg": _unary(lambda tf: tf.math.negative),
         "Max": _binary(lambda x, y: __import__("tensorflow").maximum(x, y)),
         "Min": _binary(lambda x, y: __import__("tensorflow").minimum(x, y)),
