@@ -182,9 +182,10 @@ def run(name: str, *, strategy: str, steps: int, out: str, optimizer: str = "lam
         shutil.rmtree(work)
     try:
         with _RecordingOptimizers():
-            distill(assets.minilm_dir(), corpus, work, strategy=strategy, steps=steps, seq_len=seq_len,
-                    batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed, progress=False, probe=probe,
-                    **task_options)
+            summary = distill(assets.minilm_dir(), corpus, work, strategy=strategy, steps=steps, seq_len=seq_len,
+                              batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed, progress=False,
+                              probe=probe, **task_options)
+        probe._write({"kind": "qk_init", "layers": summary.get("qk_init", [])})
     finally:
         probe.close()
     return path
@@ -248,6 +249,16 @@ def report(out: str) -> str:
                   "|---:|---:|---|"]
         for e in evals[:: max(1, len(evals) // 10)] + ([evals[-1]] if len(evals) % 10 != 1 else []):
             lines.append(f"| {e['step']} | {_mean(e['heldout_kl']):.4f} | {e['heldout_kl']} |")
+        inits = [r for r in (json.loads(l) for l in open(os.path.join(out, f), encoding="utf-8"))
+                 if r.get("kind") == "qk_init"]
+        for r in inits:
+            lines += ["", "Q/K initialisation per layer (`init_qk`; scores' std on the calibration tokens):", "",
+                      "| stage | layer | score std before | score std after | teacher q std | bottleneck fit R2 | "
+                      "head rank share |", "|---|---:|---:|---:|---:|---:|---:|"]
+            for d in r["layers"]:
+                lines.append(f"| {d['stage']} | {d['layer'] + 1} | {d.get('score_std_before', float('nan')):.2e} | "
+                             f"{d.get('score_std_after', float('nan')):.3f} | {d.get('teacher_q_std', float('nan')):.3f} | "
+                             f"{d.get('bottleneck_fit_r2', '-')} | {d.get('head_rank_share', '-')} |")
         w0 = [steps[0]["layers"][str(l)]["wq"] for l in range(len(steps[0]["layers"]))] if steps else []
         w1 = [steps[-1]["layers"][str(l)]["wq"] for l in range(len(steps[-1]["layers"]))] if steps else []
         lines += ["", f"W_q norm per layer after step 1: {[round(x, 4) for x in w0]}; at the end: "
