@@ -65,7 +65,7 @@ def read_records(path: str | os.PathLike, *, what: str = "data file", error=Text
             try:
                 obj = json.loads(line)
             except ValueError as e:
-                raise error(f"{p}:{i}: not JSON ({e})") from None
+                raise error(f"{p}:{i}: not a JSON object or string ({e})") from None
             if isinstance(obj, str):
                 obj = {"text": obj}
             if not isinstance(obj, dict):
@@ -75,7 +75,7 @@ def read_records(path: str | os.PathLike, *, what: str = "data file", error=Text
     elif ext in (".txt", ".text", ""):
         rows = [{"text": line, LINE: i} for i, line in enumerate(content.splitlines(), 1)]
     else:
-        raise error(f"{p}: unsupported format {ext!r} (use .txt, .csv, .tsv or .jsonl)")
+        raise error(f"{p}: unsupported data format {ext!r} (use .txt, .csv, .tsv or .jsonl)")
     if not rows:
         raise error(f"{p}: {what} has no rows")
     return rows
@@ -124,5 +124,5 @@ def read_texts(path: str | os.PathLike, limit: int | None = None, *, what: str =
             items.append((str(text), str(pair)) if pair is not None else str(text))
     items = [x for x in items if (x[0] if isinstance(x, tuple) else x).strip()]
     if not items:
-        raise error(f"{p}: {what} has no non-empty text")
+        raise error(f"{p}: {what} has no non-empty text (every text is empty)")
     return items[:limit] if limit else items

@@ -9,8 +9,7 @@ import torch
 
 from .._io import atomic_write_text
 from ..config import MobileBertConfig
-from ..modeling import (MobileBertForPreTraining, MobileBertForQuestionAnswering,
-                        MobileBertForSequenceClassification)
+from ..modeling import MobileBertForPreTraining
 from ..modeling.loading import load_task_model
 from ..tokenizer import Tokenizer
 from .data import (Batches, DataError, encode_corpus, encode_labelled, encode_qa, read_labelled, read_qa,
@@ -145,24 +144,13 @@ def finetune(checkpoint: str, train_file: str, out_dir: str, *, task: str = "cla
 
 def _task_model(checkpoint: str, task: str, label_names: list[str] | None):
     """The checkpoint's backbone under a fresh head of ``task`` (its own head when it has one)."""
-    from ..modeling.bert import bert_config, is_bert_checkpoint, load_bert_into
-    from ..modeling.checkpoint import read_state_dict
+    from ..modeling.loading import load_model, task_model_class
 
-    cls = MobileBertForSequenceClassification if task == "classification" else MobileBertForQuestionAnswering
-    over = {}
+    over: dict = {"architectures": None}
     if label_names is not None:
-        over = {"id2label": {i: n for i, n in enumerate(label_names)}}
-    if is_bert_checkpoint(checkpoint):
-        model = cls(bert_config(checkpoint, **over))
-        load_bert_into(model, checkpoint)
-        return model
-    cfg = MobileBertConfig.from_json(checkpoint)
-    cfg = MobileBertConfig.from_dict({**cfg.to_dict(), **over, "architectures": None})
-    model = cls(cfg)
-    found = read_state_dict(checkpoint)
-    own = model.state_dict()
-    usable = {k: v for k, v in found.items() if k in own and own[k].shape == v.shape}
-    model.load_checkpoint_tensors(usable, strict=False, where=checkpoint)
+        over["id2label"] = {i: n for i, n in enumerate(label_names)}
+    model, _, _ = load_model(checkpoint, task_model_class(task), config_overrides=over, strict=False,
+                             skip_mismatched=True)
     return model
 
 

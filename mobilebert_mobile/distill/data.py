@@ -11,91 +11,33 @@ and a run on W processes, see exactly the batches a single uninterrupted process
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
-import sys
 from dataclasses import dataclass, field
 
 import torch
 
+from .. import textfiles
+from ..errors import InputError
 
-class DataError(ValueError):
+
+class DataError(InputError):
     """A data file is missing, empty, malformed, or has labels outside the label set."""
 
 
-def _open(path: str):
-    if not os.path.isfile(path):
-        raise DataError(f"data file not found: {path}")
-    try:
-        return open(path, encoding="utf-8", newline="")
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e}") from None
-
-
 def read_records(path: str | os.PathLike) -> list[dict]:
-    """Rows of a .txt/.csv/.tsv/.jsonl file as dicts (``.txt`` rows have one key, ``text``)."""
-    path = os.fspath(path)
-    ext = os.path.splitext(path)[1].lower()
-    rows: list[dict] = []
-    with _open(path) as fh:
-        try:
-            if ext in (".csv", ".tsv"):
-                csv.field_size_limit(sys.maxsize)
-                reader = csv.DictReader(fh, delimiter="\t" if ext == ".tsv" else ",")
-                if not reader.fieldnames:
-                    raise DataError(f"{path}: empty file (a header row is expected)")
-                for r in reader:
-                    if None in r:
-                        raise DataError(f"{path}:{reader.line_num}: more fields than the header has")
-                    rows.append(r)
-            elif ext in (".jsonl", ".json"):
-                for i, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except ValueError as e:
-                        raise DataError(f"{path}:{i}: not a JSON object ({e})") from None
-                    if not isinstance(obj, dict):
-                        raise DataError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
-                    obj["__line__"] = i
-                    rows.append(obj)
-            elif ext in (".txt", ".text", ""):
-                rows = [{"text": line.rstrip("\n"), "__line__": i} for i, line in enumerate(fh, 1)]
-            else:
-                raise DataError(f"{path}: unsupported data format {ext!r} (use .txt, .csv, .tsv or .jsonl)")
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not UTF-8 text ({e})") from None
-        except csv.Error as e:
-            raise DataError(f"{path}: malformed CSV ({e})") from None
-    if not rows:
-        raise DataError(f"{path}: no rows")
-    return rows
+    """Rows of a .txt/.csv/.tsv/.jsonl file as dicts with their line under ``__line__`` (the one reader,
+    ``mobilebert_mobile.textfiles``; errors as DataError naming the file and line)."""
+    return textfiles.read_records(path, what="data file", error=DataError)
 
 
 def _column(rows: list[dict], path: str, wanted: str | None, candidates: tuple[str, ...], what: str) -> str:
-    keys = [k for k in rows[0] if k != "__line__"]
-    if wanted:
-        if wanted not in rows[0]:
-            raise DataError(f"{path}: no {what} column {wanted!r} (columns: {', '.join(keys)})")
-        return wanted
-    for c in candidates:
-        if c in rows[0]:
-            return c
-    raise DataError(f"{path}: no {what} column (tried {', '.join(candidates)}; columns: {', '.join(keys)})")
+    return textfiles.column(rows, path, wanted, candidates, what, error=DataError)
 
 
 def read_texts(path: str | os.PathLike, column: str | None = None) -> list[str]:
-    """Non-empty texts of a file (an unlabelled corpus)."""
-    path = os.fspath(path)
-    rows = read_records(path)
-    col = _column(rows, path, column, ("text", "sentence", "sentence1", "content", "review"), "text")
-    texts = [str(r.get(col) or "").strip() for r in rows]
-    texts = [t for t in texts if t]
-    if not texts:
-        raise DataError(f"{path}: every text is empty")
-    return texts
+    """Non-empty texts of a file (an unlabelled corpus; a TAB in a .txt line is part of the text)."""
+    return [t.strip() for t in textfiles.read_texts(path, what="data file", pairs=False, text_column=column,
+                                                    error=DataError)]
 
 
 @dataclass

@@ -32,11 +32,6 @@ def _reduce(total: torch.Tensor, count: torch.Tensor | float, denom: float | tor
     return total / d
 
 
-def token_count(attention_mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """Number of real tokens (the local denominator of the token-averaged losses)."""
-    return _token_weights(like, attention_mask).sum()
-
-
 def feature_map_loss(student_h: torch.Tensor, teacher_h: torch.Tensor, attention_mask: torch.Tensor | None = None,
                      *, denom=None) -> torch.Tensor:
     """MSE between parameter-free LayerNorms of the block outputs, [B, S, H] each.

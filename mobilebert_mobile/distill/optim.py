@@ -9,7 +9,6 @@ against a hand-computed step.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -104,14 +103,3 @@ def warmup_linear(total_steps: int, warmup_steps: int):
 
     return f
 
-
-def warmup_cosine(total_steps: int, warmup_steps: int):
-    lin = warmup_linear(total_steps, warmup_steps)
-
-    def f(step: int) -> float:
-        if step < warmup_steps:
-            return lin(step)
-        frac = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-
-    return f

@@ -17,14 +17,16 @@ import torch
 from torch import nn
 
 from ..config import PRESETS, MobileBertConfig
+from ..errors import InputError
 from ..modeling import MobileBertForPreTraining, MobileBertModel
-from ..modeling.bert import bert_config, is_bert_checkpoint, load_bert_into
+from ..modeling.bert import is_bert_checkpoint
 from ..modeling.checkpoint import read_state_dict
+from ..modeling.loading import load_model
 
 log = logging.getLogger(__name__)
 
 
-class DistillError(ValueError):
+class DistillError(InputError):
     """Teacher and student cannot be paired, or a distillation setting is wrong."""
 
 
@@ -43,18 +45,14 @@ def load_teacher(source: str) -> Teacher:
     """A checkpoint directory (our family or BERT layout, e.g. all-MiniLM-L6-v2) or a preset name
     (random weights: only for tests and smoke runs)."""
     if os.path.isdir(source):
-        if is_bert_checkpoint(source):
-            cfg = bert_config(source, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-            model = MobileBertModel(cfg, add_pooling_layer=False)
-            load_bert_into(model, source)
-            return Teacher(model.eval(), cfg, source, False)
-        cfg = MobileBertConfig.from_json(source)
-        cfg = MobileBertConfig.from_dict({**cfg.to_dict(), "hidden_dropout_prob": 0.0,
-                                          "attention_probs_dropout_prob": 0.0})
-        names = read_state_dict(source)
-        has_mlm = any(k.startswith("cls.predictions") for k in names)
-        model = MobileBertForPreTraining(cfg) if has_mlm else MobileBertModel(cfg, add_pooling_layer=False)
-        model.load_checkpoint_tensors(names, strict=False, where=source)
+        no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+        has_mlm = not is_bert_checkpoint(source) and any(k.startswith("cls.predictions")
+                                                          for k in read_state_dict(source))
+        if has_mlm:
+            model, cfg, _ = load_model(source, MobileBertForPreTraining, config_overrides=no_dropout, strict=False)
+        else:
+            model, cfg, _ = load_model(source, MobileBertModel, config_overrides=no_dropout, strict=False,
+                                       add_pooling_layer=False)
         return Teacher(model.eval(), cfg, source, has_mlm)
     if source in PRESETS:
         cfg = MobileBertConfig.from_preset(source, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)

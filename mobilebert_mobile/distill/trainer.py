@@ -27,11 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import StageError
 from .data import Batches, shard
 from .optim import make_optimizer, param_groups, warmup_linear
 
 
-class TrainError(RuntimeError):
+class TrainError(StageError):
     """Training cannot start or continue (bad resume, out of memory, non-finite loss)."""
 
 
