@@ -217,7 +217,9 @@ def _ordering(groups: dict) -> list[str]:
     for hi, lo in zip(chain, chain[1:]):
         a, b = groups[hi]["acc"], groups[lo]["acc"]
         d = a["mean"] - b["mean"]
-        if a["min"] > b["max"]:
+        if min(a["n"], b["n"]) < 2:
+            verdict = "one seed only: no spread to judge against, not established"
+        elif a["min"] > b["max"]:
             verdict = "holds beyond the seed spread (ranges do not overlap)"
         elif d > 0:
             verdict = "same direction, but within the seed spread (ranges overlap): not established"
@@ -265,6 +267,12 @@ def _summarise(jl: str, out: str) -> None:
         lines.append(f"| student: {n} | {acc['n']} | {acc['mean']:.4f} +- {acc['sd']:.4f} [{acc['min']:.3f} - "
                      f"{acc['max']:.3f}] | {acc['mean'] / ta:.3f} | {at['mean']:.4f} +- {at['sd']:.4f} | {ratio} | "
                      f"{fm['mean']:.4f} +- {fm['sd']:.4f} | {g['sec']['mean']:.0f} |")
+    planned = [(n, sd) for sd in meta.get("seeds", [0]) for n in ("auxiliary", "joint", "progressive", "none")]
+    done = {(r["name"], r.get("seed", 0)) for r in students}
+    missing = [f"{n} seed {sd}" for n, sd in planned if (n, sd) not in done]
+    if missing:
+        lines += ["", f"**Partial run: {len(done)} of {len(planned)} students finished** (the run was stopped); "
+                      f"missing: {', '.join(missing)}."]
     lines += ["", "Per seed:", "", "| model | seed | held-out accuracy | attention KL | feature-map MSE | distill s | "
               "fine-tune s |", "|---|---:|---:|---:|---:|---:|---:|"]
     for n in names:
