@@ -31,12 +31,11 @@ from mobilebert_mobile._io import atomic_write_text
 from mobilebert_mobile.distill import distill, evaluate, finetune
 from mobilebert_mobile.distill.api import layerwise_losses, predict_logits
 from mobilebert_mobile.distill.data import LabelledData
-from mobilebert_mobile.distill.default_model import split_rotten_tomatoes
+from mobilebert_mobile.demo import split_rotten_tomatoes
 from mobilebert_mobile.distill.teachers import load_teacher, matching_student_config
 from mobilebert_mobile.modeling import MobileBertForPreTraining
 from mobilebert_mobile.modeling.loading import load_task_model
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def log_row(path: str, row: dict) -> None:
@@ -131,7 +130,8 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="students trained at once, each in its own process")
     ap.add_argument("--threads", type=int, default=2, help="torch threads per process")
     ap.add_argument("--work", default=None, help="checkpoints (default: the cache directory)")
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "distill"))
+    ap.add_argument("--out", default=os.path.join("benchmarks", "results", "distill"),
+                    help="results folder (default: benchmarks/results/distill under the current directory)")
     ap.add_argument("--summarise", action="store_true", help="only rewrite results.md/json/png from results.jsonl")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)

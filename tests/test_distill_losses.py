@@ -1,6 +1,8 @@
 """Each distillation loss against a value computed by hand, padding handling, and LAMB / schedule."""
 import math
 
+import numpy as np
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -88,6 +90,34 @@ def test_lamb_step_by_hand():
     # first step: bias-corrected m / sqrt(v) = g / |g| = [1, 1]; trust ratio ||p|| / ||u|| = 5 / sqrt 2
     step = 0.1 * 5 / math.sqrt(2) / (1 + 1e-6)
     assert p.detach().tolist() == pytest.approx([3 - step, 4 - step], rel=1e-6)
+
+
+def _lamb_reference(w, grads, lr, wd, adapt, b1=0.9, b2=0.999, eps=1e-6):
+    """LAMB (You et al. 2019, Algorithm 2) written out in numpy, step by step."""
+    w, m, v = np.array(w, np.float64), 0.0, 0.0
+    for t, g in enumerate(grads, 1):
+        g = np.array(g, np.float64)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        u = (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps) + wd * w
+        ratio = np.linalg.norm(w) / np.linalg.norm(u) if adapt and np.linalg.norm(w) > 0 else 1.0
+        w = w - lr * ratio * u
+    return w
+
+
+@pytest.mark.parametrize("wd, adapt", [(0.01, True), (0.1, True), (0.01, False)])
+def test_lamb_several_steps_with_weight_decay_match_the_algorithm(wd, adapt):
+    """Three steps with changing gradients and weight decay, with and without layer adaptation
+    (``adapt=False`` is how Google's BERT LAMB treats biases and norms)."""
+    w0 = [[0.5, -1.0, 2.0], [0.3, 0.0, -0.7]]
+    grads = [[[0.1, -0.2, 0.3], [1.0, 0.5, -0.5]], [[-0.3, 0.1, 0.0], [0.2, -0.4, 0.9]],
+             [[0.05, 0.05, -0.1], [-1.0, 0.3, 0.2]]]
+    p = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float64))
+    opt = Lamb([p], lr=0.05, weight_decay=wd, adapt=adapt)
+    for g in grads:
+        p.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+    np.testing.assert_allclose(p.detach().numpy(), _lamb_reference(w0, grads, 0.05, wd, adapt), rtol=1e-9)
 
 
 def test_param_groups_no_decay_and_scales():

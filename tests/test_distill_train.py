@@ -402,7 +402,7 @@ def test_out_of_memory_suggests_a_smaller_batch(teacher_dir, corpus, tmp_path, m
 
 
 def test_default_model_cache_reuses_only_complete_records(tmp_path, monkeypatch):
-    from mobilebert_mobile.distill import default_model
+    from mobilebert_mobile import demo as default_model
 
     class Rebuilt(Exception):
         pass

@@ -27,8 +27,7 @@ import sys
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(HERE)), "benchmarks", "results", "distill", "diagnosis")
+DEFAULT_OUT = os.path.join("benchmarks", "results", "distill", "diagnosis")  # under the current directory
 TERMS = ("feature_map", "attention", "mlm", "output_feature_map")
 
 
@@ -163,7 +162,7 @@ def run(name: str, *, strategy: str, steps: int, out: str, optimizer: str = "lam
         eval_every: int = 20, seed: int = 0, **task_options) -> str:
     from .. import assets
     from .api import distill
-    from .default_model import split_rotten_tomatoes
+    from ..demo import split_rotten_tomatoes
     from .teachers import load_teacher
 
     train, test = split_rotten_tomatoes()
