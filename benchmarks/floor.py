@@ -215,12 +215,10 @@ def shape_floor(model_bytes: bytes, *, threads: int = 2, runs: int = 30, rounds:
 
 
 def shape_floor_markdown(res: dict, measured: dict | None = None) -> str:
-    from mobilebert_mobile._machine import machine
+    from mobilebert_mobile._machine import describe
 
-    mach = res.get("machine") or machine()
-    isa = mach["int8_isa"]
     lines = [f"# Shape-aware compute floor{': ' + res['title'] if res.get('title') else ''}", "",
-             f"Machine: {mach['cpu']}, {mach['cores']} cores, int8 ISA: {isa['best']}. {res['threads']} threads, "
+             f"{describe(res.get('machine'))} {res['threads']} threads, "
              f"XNNPACK. Each distinct GEMM shape of the model timed alone as a one-op .tflite (fp32, and int8 with "
              f"int8 I/O), {res['rounds']} interleaved rounds; invoke overhead "
              f"({res['invoke_overhead_ms'] * 1e3:.1f} us) subtracted. Command: `{res.get('command', '')}`", "",
@@ -253,7 +251,6 @@ def shape_floor_markdown(res: dict, measured: dict | None = None) -> str:
 def main(argv=None) -> int:
     """``python -m mobilebert_mobile.benchmarks.floor MODEL.tflite [--measure LABEL=PATH ...]``"""
     import argparse
-    import json
     import sys
 
     ap = argparse.ArgumentParser(prog="python -m mobilebert_mobile.benchmarks.floor",
@@ -299,11 +296,9 @@ def main(argv=None) -> int:
     measured = {lab: (ms, "int8" if "int8" in lab else "fp32") for lab, ms in res["measured_ms"].items()}
     md = shape_floor_markdown(res, measured)
     if a.out:
-        os.makedirs(a.out, exist_ok=True)
-        with open(os.path.join(a.out, "floor.md"), "w", encoding="utf-8") as fh:
-            fh.write(md)
-        with open(os.path.join(a.out, "floor.json"), "w", encoding="utf-8") as fh:
-            json.dump(res, fh, indent=1, default=str)
+        from mobilebert_mobile._io import write_results
+
+        write_results(a.out, "floor", md, res)
     print(md)
     return 0
 

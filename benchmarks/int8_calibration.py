@@ -13,7 +13,6 @@ Command (the results file records it)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -166,12 +165,9 @@ def main(argv=None) -> int:
         argv if argv is not None else sys.argv[1:])
     md = markdown(res)
     if a.out:
-        os.makedirs(a.out, exist_ok=True)
-        label = a.label or os.path.basename(os.path.normpath(ck))
-        with open(os.path.join(a.out, f"calibration_{label}.md"), "w", encoding="utf-8") as fh:
-            fh.write(md)
-        with open(os.path.join(a.out, f"calibration_{label}.json"), "w", encoding="utf-8") as fh:
-            json.dump(res, fh, indent=1, default=str)
+        from mobilebert_mobile._io import write_results
+
+        write_results(a.out, f"calibration_{a.label or os.path.basename(os.path.normpath(ck))}", md, res)
     print(md)
     return 0
 

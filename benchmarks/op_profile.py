@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
-import json
 import os
 import sys
 import tempfile
@@ -311,13 +310,10 @@ def profile(models: dict[str, str], *, threads: int = 2, runs: int = 20, rounds:
 
 
 def markdown(res: dict, top: int = 15) -> str:
-    from mobilebert_mobile._machine import machine
+    from mobilebert_mobile._machine import describe
 
-    mach = res.get("machine") or machine()
-    isa = mach["int8_isa"]
     lines = [f"# Per-op profile: {res.get('title', '')}", "",
-             f"Machine: {mach['cpu']}, {mach['cores']} cores, int8 ISA: {isa['best']} "
-             f"(dot product: {'yes' if isa['int8_dot_product'] else 'no'}). {res['threads']} threads, XNNPACK. "
+             f"{describe(res.get('machine'))} {res['threads']} threads, XNNPACK. "
              f"Each op timed alone as a one-op .tflite, {res['rounds']} interleaved rounds x {res['runs']} "
              f"invokes; the invoke overhead ({res['invoke_overhead_ms'] * 1e3:.1f} us, a 1-element ADD) is "
              f"subtracted. Command: `{res.get('command', '')}`", ""]
@@ -424,11 +420,9 @@ def main(argv=None) -> int:
         res["findings"] = compare_findings(res, labs[0], labs[1])
     md = markdown(res)
     if a.out:
-        os.makedirs(a.out, exist_ok=True)
-        with open(os.path.join(a.out, "op_profile.md"), "w", encoding="utf-8") as fh:
-            fh.write(md)
-        with open(os.path.join(a.out, "op_profile.json"), "w", encoding="utf-8") as fh:
-            json.dump(res, fh, indent=1, default=str)
+        from mobilebert_mobile._io import write_results
+
+        write_results(a.out, "op_profile", md, res)
     print(md)
     return 0
 

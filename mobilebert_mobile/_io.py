@@ -56,3 +56,13 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
                 break
             h.update(b)
     return h.hexdigest()
+
+
+def write_results(out_dir: str | os.PathLike, stem: str, markdown: str, obj) -> None:
+    """A benchmark's figures as ``stem.md`` and ``stem.json`` in ``out_dir`` (created), each written
+    atomically."""
+    import json
+
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write_text(os.path.join(out_dir, f"{stem}.md"), markdown)
+    atomic_write_text(os.path.join(out_dir, f"{stem}.json"), json.dumps(obj, indent=1, default=str) + "\n")

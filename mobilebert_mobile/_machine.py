@@ -39,3 +39,11 @@ def machine() -> dict:
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.platform(), "int8_isa": int8_isa()}
+
+
+def describe(mach: dict | None = None) -> str:
+    """One line for a results file: CPU, cores and int8 ISA."""
+    mach = mach or machine()
+    isa = mach["int8_isa"]
+    return (f"Machine: {mach['cpu']}, {mach['cores']} cores, int8 ISA: {isa['best']} "
+            f"(dot product: {'yes' if isa['int8_dot_product'] else 'no'}).")
