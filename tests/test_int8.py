@@ -283,3 +283,24 @@ def test_int8_full_has_no_float_compute_op():
     assert float_compute_ops(full) == {}
     ops = inventory(full)["ops"]
     assert ops.get("BATCH_MATMUL") and ops.get("SOFTMAX") and ops.get("FULLY_CONNECTED")
+
+
+def test_range_choice_never_splits_the_xnnpack_graph_more_than_minmax(monkeypatch):
+    """Clipped ranges can take an int8 ADD out of XNNPACK (the default student: 7 partitions, 2x slower):
+    a method that splits the graph more than min/max is not chosen, whatever its score."""
+    from mobilebert_mobile.converters import quantize as Q
+
+    scores = {b"minmax": 0.985, b"percentile": 0.995, b"mse": 0.990}
+    parts = {b"minmax": 1, b"percentile": 7, b"mse": 1}
+    monkeypatch.setattr(Q, "activation_histograms", lambda cal, feeds: {"t": None})
+    monkeypatch.setattr(Q, "apply_ranges", lambda cal, hists, method: (method.encode(), {"method": method}))
+    monkeypatch.setattr(Q, "quantize_calibrated", lambda ranged, float_ops=(): ranged if ranged != b"calibrated"
+                        else b"minmax")
+    monkeypatch.setattr(Q, "_partitions", lambda model: parts[model])
+    feeds = {"input_ids": np.zeros((4, 8), np.int32)}
+    chosen, rec = Q.select_ranges(b"calibrated", feeds, lambda m: scores[m])
+    assert rec["chosen"] == "mse" and chosen == b"mse" and rec["xnnpack_partitions"] == 1
+    assert rec["methods"]["percentile"]["xnnpack_partitions"] == 7
+    parts[b"percentile"] = 1  # once it does not split the graph, the best score wins
+    _, rec = Q.select_ranges(b"calibrated", feeds, lambda m: scores[m])
+    assert rec["chosen"] == "percentile"
