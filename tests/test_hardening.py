@@ -280,9 +280,9 @@ def test_convert_interrupted_leaves_nothing(ckpt, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_convert_cli_signal_prints_one_line(ckpt, tmp_path, sig):
     out = tmp_path / "o"
-    # A child inherits its parent's signal dispositions; inside the full suite this process was seen to
-    # hand on an ignored SIGINT (as shells do for background jobs, and Python then keeps it ignored), so
-    # the child gets the default disposition a user's terminal gives it.
+    # A child inherits an ignored SIGINT: a non-interactive shell starts background jobs (`./run.sh test &`)
+    # with SIGINT ignored, Python keeps it so, and this test then saw the conversion run to the end. The
+    # child gets the default disposition a user's terminal gives it.
     p = subprocess.Popen([sys.executable, "-m", "mobilebert_mobile.cli", "convert", str(ckpt), "--out", str(out),
                           "--precision", "fp32", "--seq-len", "32", "--calibration-size", "8",
                           "--heldout-size", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
