@@ -474,11 +474,8 @@ def _calibrate_int8(job: _Job, fn, evaluate, representative, onnx_model, float_o
     fn_eq = concrete_function(Lowering(eq), b, seq, tuple(fn.structured_outputs))
     pr.note(f"equalization: {info['sites']} site(s); calibrating again")
 
-    def rep_eq():
-        for s in range(0, calib_feeds["input_ids"].shape[0] - b + 1, b):
-            yield {k: calib_feeds[k][s:s + b] for k in INPUT_NAMES}
-
-    cal_eq = calibrate(make_converter(fn_eq, "int8", rep_eq))  # int8 and int8-full calibrate alike
+    # same batch and texts as the plain graph, so the same representative dataset
+    cal_eq = calibrate(make_converter(fn_eq, "int8", representative))  # int8 and int8-full calibrate alike
     best_eq, rec_eq = select_ranges(cal_eq, calib_feeds, lambda m: evaluate(m)[0], float_ops=float_ops,
                                     progress=pr.note)
     chosen = rec_eq["score"] > rec["score"]
