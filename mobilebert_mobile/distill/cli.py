@@ -43,6 +43,9 @@ def register(sub) -> None:
                         "(default), at the teacher's scale only, or random (std 0.02)")
     s.add_argument("--fm-weight", type=float, default=100.0, help="feature-map weight (divided by the layers)")
     s.add_argument("--at-weight", type=float, default=1.0, help="attention-transfer weight (divided by the layers)")
+    s.add_argument("--no-keep-attention", action="store_true",
+                   help="joint/progressive: drop the attention term in the final pre-training distillation stage "
+                        "(the paper's plain stage; it undoes the transferred attention, see the README)")
     s.add_argument("--save-every", type=int, default=0)
     s.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
                    help="mixed precision: auto = bf16 on a GPU that supports it, off on CPU")
@@ -99,7 +102,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
                           resume=args.resume, save_every=args.save_every, seed=args.seed, lower=args.lower,
                           lower_rate=args.lower_rate, freeze_embeddings=args.freeze_embeddings, alpha=args.alpha,
                           sop=args.sop, mv_weight=args.mean_var, qk_init=args.qk_init,
-                          fm_weight=args.fm_weight, at_weight=args.at_weight, current_rate=args.current_rate, amp=args.amp)
+                          fm_weight=args.fm_weight, at_weight=args.at_weight, current_rate=args.current_rate, amp=args.amp,
+                          keep_attention=not args.no_keep_attention)
     except (DataError, DistillError, TrainError, ValueError, OSError) as e:
         return _fail(str(e))
     _report(summary, args.json, f"student written to {summary['model']} ({summary['steps']} steps, "

@@ -7,6 +7,11 @@
               0.1 by default; the original code used 0.3x lower / 3x current), higher layers
               untouched; then pre-training distillation of everything.
 
+``keep_attention`` (the default) keeps every layer's attention-transfer term on, at its layer-wise
+weight, in the pre-training distillation stage that ends joint and progressive: without it that
+stage undid the transferred attention within 40 steps (held-out KL 0.37 -> 4.2; issue 15,
+benchmarks/results/distill/diagnosis.md). ``keep_attention=False`` is the paper's plain stage.
+
 Every strategy gets the same step budget: joint and progressive spend half on layer-wise
 transfer (progressive splits that half evenly over the layers) and half on pre-training
 distillation. Embeddings train with the first layer-wise stage and then follow the lower-layer
@@ -32,12 +37,14 @@ class Stage:
     pretrain: bool = False  # MLM (+ sentence-order) distillation on
     current: int | None = None  # progressive: the layer being trained
     run_layers: int | None = None  # forward only this many layers (progressive); None = all
+    attention_layers: list[int] = field(default_factory=list)  # attention term only (no feature map)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
-def plan(strategy: str, steps: int, num_layers: int, *, embedding_loss: bool = True) -> list[Stage]:
+def plan(strategy: str, steps: int, num_layers: int, *, embedding_loss: bool = True,
+         keep_attention: bool = True) -> list[Stage]:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if steps < (2 * num_layers if strategy == "progressive" else 2 if strategy == "joint" else 1):
@@ -46,13 +53,14 @@ def plan(strategy: str, steps: int, num_layers: int, *, embedding_loss: bool = T
     if strategy == "auxiliary":
         return [Stage("auxiliary", steps, every, embedding_loss, pretrain=True)]
     half = steps // 2
+    final = Stage("pre-training distillation", steps - half, pretrain=True,
+                  attention_layers=every if keep_attention else [])
     if strategy == "joint":
-        return [Stage("layer-wise", half, every, embedding_loss),
-                Stage("pre-training distillation", steps - half, pretrain=True)]
+        return [Stage("layer-wise", half, every, embedding_loss), final]
     per, extra = divmod(half, num_layers)
     stages = [Stage(f"layer {l + 1}/{num_layers}", per + (1 if l < extra else 0), [l], embedding_loss and l == 0,
                     current=l, run_layers=l + 1) for l in range(num_layers)]
-    return stages + [Stage("pre-training distillation", steps - half, pretrain=True)]
+    return stages + [final]
 
 
 def lr_scale_fn(stage: Stage, *, lower: str = "freeze", lower_rate: float = 0.1, current_rate: float = 1.0,

@@ -60,14 +60,20 @@ class DistillModule(nn.Module):
                 at = at + L.attention_transfer_loss(scores[l], t_scores[tl], mask, denom=denoms["tokens"])
             if self.w["mv"]:
                 mv = mv + L.mean_variance_loss(sh, t_hidden[tl + 1], mask, denom=denoms["tokens"])
+        for l in stage.attention_layers:  # attention only (kept on through pre-training distillation)
+            if l not in stage.layers and self.pair["attention"] and self.w["at"]:
+                at = at + L.attention_transfer_loss(scores[l], t_scores[self.pair["layer_map"][l]], mask,
+                                                    denom=denoms["tokens"])
         total = zero
         if stage.layers or stage.embedding_loss:
             out["feature_map"] = fm * self.w["fm"] / nl
-            out["attention"] = at * self.w["at"] / nl
-            total = total + out["feature_map"] + out["attention"]
+            total = total + out["feature_map"]
             if self.w["mv"]:
                 out["mean_var"] = mv * self.w["mv"] / nl
                 total = total + out["mean_var"]
+        if stage.layers or stage.embedding_loss or stage.attention_layers:
+            out["attention"] = at * self.w["at"] / nl
+            total = total + out["attention"]
         if stage.pretrain:
             cls = self.student.cls
             last = hidden[-1]
@@ -97,7 +103,7 @@ class DistillTask:
                  at_weight: float = 1.0, mv_weight: float = 0.0, alpha: float = 0.5, sop: bool = False,
                  mapping: bool = False, lower: str = "freeze", lower_rate: float = 0.1, current_rate: float = 1.0,
                  freeze_embeddings: bool = False, mlm_prob: float = 0.15, seed: int = 0, qk_init: str = "teacher",
-                 qk_ridge: float = 1e-3, calibration: dict | None = None,
+                 qk_ridge: float = 1e-3, keep_attention: bool = True, calibration: dict | None = None,
                  special_ids: tuple[int, ...] = (0, 101, 102), mask_id: int = 103, sep_id: int = 102):
         if qk_init not in QK_INITS:
             raise DistillError(f"unknown Q/K initialisation {qk_init!r}; choose one of {', '.join(QK_INITS)}")
@@ -110,11 +116,11 @@ class DistillTask:
         self.module = DistillModule(student, fmap, self.pair,
                                     {"fm": fm_weight, "at": at_weight, "mv": mv_weight, "alpha": alpha},
                                     teacher.has_mlm, sop)
-        self.stages = plan(strategy, steps, nl)
+        self.stages = plan(strategy, steps, nl, keep_attention=keep_attention)
         self.opts = dict(strategy=strategy, steps=steps, fm=fm_weight, at=at_weight, mv=mv_weight, alpha=alpha,
                          sop=sop, mapping=mapping, lower=lower, lower_rate=lower_rate, current_rate=current_rate,
                          freeze_embeddings=freeze_embeddings, mlm_prob=mlm_prob, seed=seed, qk_init=qk_init,
-                         qk_ridge=qk_ridge)
+                         qk_ridge=qk_ridge, keep_attention=keep_attention)
         self.calibration = calibration  # unmasked [B, S] inputs for the Q/K initialisation
         self.qk_log: list[dict] = []
         self.special_ids, self.mask_id, self.sep_id, self.seed = special_ids, mask_id, sep_id, seed
@@ -169,7 +175,7 @@ class DistillTask:
     @torch.no_grad()
     def teacher_outputs(self, batch: dict, stage: Stage) -> dict:
         lm = self.pair["layer_map"]
-        need = [lm[l] + 1 for l in stage.layers]
+        need = [lm[l] + 1 for l in set(stage.layers) | set(stage.attention_layers)]
         if stage.pretrain:
             need.append(self.teacher.config.num_hidden_layers)
         upto = max(need) if need else 0
