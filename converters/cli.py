@@ -33,6 +33,11 @@ def register(sub) -> None:
     s.add_argument("--labels", help="comma-separated label names (default: the config's id2label)")
     s.add_argument("--no-checkpoint", action="store_true", help="do not copy the checkpoint into the bundle")
     s.add_argument("--no-metadata", action="store_true", help="do not attach MediaPipe metadata")
+    s.add_argument("--ranges-from", metavar="CKPT",
+                   help="int8 activation ranges learned by QAT (finetune --qat): a checkpoint folder or its "
+                        "qat_ranges.json (default: the checkpoint's own, when it has one)")
+    s.add_argument("--calibrate", action="store_true",
+                   help="calibrate int8 ranges even when the checkpoint carries QAT ranges")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
     s.set_defaults(func=run)
@@ -48,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         heldout_size=args.heldout_size, outputs=tuple(args.outputs.split(",")) if args.outputs else None,
         target=args.target, mask_value=args.mask_value, vocab=args.vocab, lowercase=False if args.cased else None,
         labels=args.labels.split(",") if args.labels else None, include_checkpoint=not args.no_checkpoint,
-        metadata=not args.no_metadata, quiet=args.quiet or args.json, force=args.force)
+        metadata=not args.no_metadata, quiet=args.quiet or args.json, force=args.force,
+        ranges_from=args.ranges_from, learned_ranges=not args.calibrate)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:

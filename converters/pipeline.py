@@ -97,6 +97,8 @@ class ConvertOptions:
     quiet: bool = False
     progress: Callable[[str], None] | None = None
     force: bool = False
+    ranges_from: str | os.PathLike | None = None  # QAT ranges (a checkpoint folder or qat_ranges.json)
+    learned_ranges: bool = True              # use the checkpoint's own qat_ranges.json when it has one
 
     def __post_init__(self) -> None:
         from .tflite import EXTRA_PRECISIONS
@@ -136,6 +138,8 @@ class _Job:
     ref: dict = field(default_factory=dict)
     wrapped: object = None
     report: dict = field(default_factory=dict)
+    learned: dict | None = None              # QAT ranges {point: (lo, hi)}
+    learned_source: str = ""
 
     @property
     def mask(self):
@@ -220,6 +224,30 @@ def _load(job: _Job) -> None:
         job.labels = list(o.labels or cfg.label_names)
         if len(job.labels) != cfg.num_labels:
             raise ConversionError(f"{len(job.labels)} labels given for a model with {cfg.num_labels} outputs")
+    _learned_ranges(job)
+
+
+def _learned_ranges(job: _Job) -> None:
+    """QAT ranges: ``ranges_from``, else the checkpoint's own ``qat_ranges.json`` (unless
+    ``learned_ranges=False``); each point must name a module of the model being converted."""
+    from mobilebert_mobile.distill.qat import RANGES_FILE, QatError, load_ranges
+
+    o = job.opts
+    src = os.fspath(o.ranges_from) if o.ranges_from is not None else None
+    if src is None and o.learned_ranges and os.path.isfile(os.path.join(job.ckpt, RANGES_FILE)):
+        src = job.ckpt
+    if src is None:
+        return
+    try:
+        job.learned = load_ranges(src)
+    except QatError as e:
+        raise ConversionError(str(e)) from None
+    names = {n for n, _ in job.model.named_modules()}
+    foreign = [p for p in job.learned if p.rsplit(":", 1)[0] not in names]
+    if foreign:
+        raise ConversionError(f"{len(foreign)} QAT range(s) in {src} name no module of this model "
+                              f"(e.g. {foreign[0]!r}): ranges of another architecture?")
+    job.learned_source = os.path.abspath(src)
 
 
 def _reference(job: _Job) -> None:
@@ -455,6 +483,8 @@ def _calibrate_int8(job: _Job, fn, evaluate, representative, onnx_model, float_o
 
     pr.note(f"calibrating on {calib_feeds['input_ids'].shape[0]} texts")
     calibrated = calibrate(make_converter(fn, "int8", representative))
+    if job.learned is not None:
+        return _apply_learned(job, fn, calibrated, evaluate, float_ops)
     best, rec = select_ranges(calibrated, calib_feeds, lambda b: evaluate(b)[0], float_ops=float_ops,
                               progress=pr.note)
     rec = {"equalization": None, **rec}
@@ -484,6 +514,31 @@ def _calibrate_int8(job: _Job, fn, evaluate, representative, onnx_model, float_o
         rec.update({"chosen": rec_eq["chosen"], "score": rec_eq["score"]})
         return best_eq, rec
     return best, rec
+
+
+def _apply_learned(job: _Job, fn, calibrated: bytes, evaluate, float_ops) -> tuple[bytes, dict]:
+    """The QAT ranges on the calibrated model, each point's tensors found by value on one
+    calibration batch; no range search and no equalization (both would undo what was learned)."""
+    import torch
+
+    from mobilebert_mobile.distill.qat import point_activations
+
+    from .quantize import apply_learned_ranges, match_point_tensors, quantize_calibrated
+
+    b = int(fn.inputs[0].shape[0])
+    feeds = {k: job.calib_feeds[k][:b] for k in INPUT_NAMES}
+    acts = point_activations(job.model, list(job.learned), {k: torch.from_numpy(np.asarray(v)).long()
+                                                             for k, v in feeds.items()})
+    matches = match_point_tensors(calibrated, feeds, {p: a.numpy() for p, a in acts.items()})
+    ranged, stats = apply_learned_ranges(calibrated, matches, job.learned)
+    if not stats["points_matched"]:
+        raise ConversionError(f"none of the {stats['points']} QAT ranges of {job.learned_source} matched a tensor "
+                              f"of the converted graph: were they learned on this checkpoint?")
+    score = evaluate(quantize_calibrated(ranged, float_ops=float_ops))[0]
+    job.pr.note(f"QAT ranges: {stats['points_matched']}/{stats['points']} points matched, "
+                f"{stats['tensors_set']} tensors set; score {score:.4f}")
+    return ranged, {"source": "qat", "ranges_from": job.learned_source, "score": score, **stats,
+                    "chosen": "qat", "equalization": None}
 
 
 def _default_model(models: dict) -> str:

@@ -212,6 +212,112 @@ def select_ranges(calibrated: bytes, feeds: dict, evaluate: Callable[[bytes], fl
     return best[3], record
 
 
+def match_point_tensors(calibrated: bytes, feeds: dict, acts: dict[str, np.ndarray], *,
+                        rtol: float = 1e-3) -> dict[str, list[int]]:
+    """Which tensors of the calibrated (float) TFLite model hold each activation of ``acts``.
+
+    Runs the model once on ``feeds`` (one batch of the model's own input shape) with every
+    intermediate kept, and matches by value: a tensor holds a point's activation when it has the
+    same number of elements and, in the same order, differs by at most ``rtol`` of the
+    activation's largest magnitude (float rounding of the folded graph). Reshapes of a matched
+    tensor match too (they must share its int8 scale anyway). Names do not enter: the graph's
+    names come from the lowering and change with it; the values do not."""
+    import tempfile
+
+    from mobilebert_mobile.runtime.litert import interpreter
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    m = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    sg = m.subgraphs[0]
+    ranged = [i for i, t in enumerate(sg.tensors) if t.type == 0 and t.quantization is not None
+              and t.quantization.min is not None and len(t.quantization.min) == 1]
+    with tempfile.NamedTemporaryFile(suffix=".tflite") as fh:
+        fh.write(calibrated)
+        fh.flush()
+        it = interpreter(fh.name, num_threads=2, preserve_all_tensors=True, use_xnnpack=False, allocate=True)
+        for idx, key, dt in _interp_inputs(it, feeds):
+            it.set_tensor(idx, feeds[key].astype(dt))
+        it.invoke()
+        values = {i: it.get_tensor(i).ravel() for i in ranged}
+    by_size: dict[int, list[int]] = {}
+    for i, v in values.items():
+        by_size.setdefault(v.size, []).append(i)
+    probe = {}
+    out: dict[str, list[int]] = {}
+    for point, a in acts.items():
+        a = np.asarray(a, np.float32).ravel()
+        cands = by_size.get(a.size, [])
+        if not cands:
+            out[point] = []
+            continue
+        tol = rtol * float(np.abs(a).max()) + 1e-6
+        pick = probe.setdefault(a.size, np.linspace(0, a.size - 1, min(a.size, 64)).astype(np.int64))
+        hits = [i for i in cands if np.abs(values[i][pick] - a[pick]).max() <= tol
+                and np.abs(values[i] - a).max() <= tol]
+        out[point] = hits
+    return out
+
+
+# Ops whose int8 output must have their input's scale (the MLIR quantizer enforces it): a range
+# learned on such an output has to be set on the input too, or the input's calibrated range wins.
+SAME_SCALE_OPS = {"RESHAPE", "TRANSPOSE", "SLICE", "STRIDED_SLICE", "SQUEEZE", "EXPAND_DIMS", "SPLIT", "SPLIT_V"}
+
+
+def apply_learned_ranges(calibrated: bytes, matches: dict[str, list[int]],
+                         ranges: dict[str, tuple[float, float]]) -> tuple[bytes, dict]:
+    """The calibrated model with the learned (QAT) range of each matched point on its tensors.
+
+    A tensor matched by several points gets the union of their ranges. Ranges then travel
+    backwards through same-scale ops (reshape, transpose, slices): the converter fuses sibling
+    Linears into one FULLY_CONNECTED whose output is sliced, and every slice shares that output's
+    scale, so the fused output takes the union of its slices' ranges. Tensors reached by neither
+    keep their calibrated range."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from .tflite import _builtin_names
+
+    m = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    sg = m.subgraphs[0]
+    per_tensor: dict[int, tuple[float, float]] = {}
+    shared = 0
+    for point, idx in matches.items():
+        lo, hi = ranges[point]
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        for i in idx:
+            if i in per_tensor:
+                shared += 1
+                per_tensor[i] = (min(lo, per_tensor[i][0]), max(hi, per_tensor[i][1]))
+            else:
+                per_tensor[i] = (lo, hi)
+    from_points = set(per_tensor)
+    names = _builtin_names()
+    propagated: dict[int, tuple[float, float]] = {}
+    for op in reversed(sg.operators):  # execution order reversed: consumers before producers
+        code = m.operatorCodes[op.opcodeIndex]
+        if names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "") not in SAME_SCALE_OPS:
+            continue
+        outs = [per_tensor.get(o) or propagated.get(o) for o in op.outputs]
+        outs = [r for r in outs if r is not None]
+        src = op.inputs[0]
+        if not outs or src in from_points or src < 0:
+            continue
+        lo, hi = min(r[0] for r in outs), max(r[1] for r in outs)
+        if src in propagated:
+            lo, hi = min(lo, propagated[src][0]), max(hi, propagated[src][1])
+        propagated[src] = (lo, hi)
+    ranged = {i for i, t in enumerate(sg.tensors) if t.type == 0 and t.quantization is not None
+              and t.quantization.min is not None and len(t.quantization.min) == 1}
+    for i, (lo, hi) in list(per_tensor.items()) + list(propagated.items()):
+        if i in ranged:
+            q = sg.tensors[i].quantization
+            q.min, q.max = [lo], [hi]
+    stats = {"points": len(matches), "points_matched": sum(1 for v in matches.values() if v),
+             "unmatched": sorted(p for p, v in matches.items() if not v),
+             "tensors_set": len(per_tensor), "tensors_shared": shared,
+             "tensors_propagated": len(set(propagated) & ranged), "calibrated_tensors": len(ranged)}
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(m)), stats
+
+
 def _partitions(model: bytes) -> int:
     """XNNPACK partitions of a quantized model (a child process: a kernel abort cannot kill us)."""
     import os

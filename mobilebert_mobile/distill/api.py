@@ -101,8 +101,14 @@ def finetune(checkpoint: str, train_file: str, out_dir: str, *, task: str = "cla
              temperature: float = 2.0, label_names: list[str] | None = None, resume: bool = False,
              save_every: int = 0, seed: int = 0, progress: bool = True, text_column: str | None = None,
              pair_column: str | None = None, label_column: str | None = None, data=None,
-             teacher_logits: torch.Tensor | None = None, amp: str = "auto") -> dict:
+             teacher_logits: torch.Tensor | None = None, amp: str = "auto", qat: bool = False,
+             qat_observe_steps: int = 100) -> dict:
     """Fine-tune a checkpoint (any of our family or BERT layout) for classification or QA.
+
+    ``qat``: quantization-aware fine-tuning (see distill/qat.py): fake-quant where the TFLite int8
+    converter quantizes, activation ranges observed for ``qat_observe_steps`` steps before the
+    fake-quant is switched on; the learned ranges are saved as ``model/qat_ranges.json`` and
+    ``convert`` uses them instead of calibrating.
 
     ``teacher``: a fine-tuned checkpoint of the same task whose logits are distilled (task
     distillation). ``data``: an already read LabelledData/QAData instead of ``train_file``;
@@ -134,11 +140,34 @@ def finetune(checkpoint: str, train_file: str, out_dir: str, *, task: str = "cla
     if steps is None:
         steps = max(1, int(epochs * (n // batch_size)))
     ft = FinetuneTask(model, task, steps, teacher=tmodel, alpha=alpha, temperature=temperature)
+    q = None
+    if qat:
+        from .qat import QAT
+
+        if isinstance(qat_observe_steps, bool) or not isinstance(qat_observe_steps, int) or qat_observe_steps < 0:
+            raise DistillError(f"qat_observe_steps must be a non-negative integer, got {qat_observe_steps!r}")
+        if qat_observe_steps >= steps:
+            raise DistillError(f"qat_observe_steps ({qat_observe_steps}) must be below the training steps ({steps}): "
+                               f"the fake-quant would never be switched on")
+        q = QAT(model, observe_steps=qat_observe_steps)
+        ft.module.qat_observers = q.observers  # their buffers travel in state.pt (resume)
+        ft.opts.update(qat=True, qat_observe_steps=qat_observe_steps)
     cfg = TrainConfig(out_dir=out_dir, global_batch=batch_size, lr=lr, optimizer=optimizer, seed=seed,
                       save_every=save_every, resume=resume, progress=progress, amp=amp)
-    summary = train(ft, Batches(tensors, batch_size, seed), cfg)
+    try:
+        summary = train(ft, Batches(tensors, batch_size, seed), cfg)
+    finally:
+        ranges = q.ranges() if q is not None else None
+        if q is not None:
+            q.remove()  # the float weights stay; the converter quantizes them as the fake-quant did
     summary.update(examples=int(n), labels=names, parameters=model.num_parameters())
+    if q is not None:
+        summary["qat"] = {"points": len(ranges), "observe_steps": qat_observe_steps}
     summary["model"] = _save(model, out_dir, vocab, {"finetune": summary})
+    if q is not None and dist_info()[0] == 0:
+        from .qat import save_ranges
+
+        save_ranges(summary["model"], ranges, {"observe_steps": qat_observe_steps, "steps": steps})
     return summary
 
 

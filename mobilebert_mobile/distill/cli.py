@@ -75,6 +75,11 @@ def register(sub) -> None:
     s.add_argument("--temperature", type=float, default=2.0)
     s.add_argument("--save-every", type=int, default=0)
     s.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"])
+    s.add_argument("--qat", action="store_true",
+                   help="quantization-aware: fake-quant where TFLite int8 quantizes; writes model/qat_ranges.json, "
+                        "which convert then uses instead of calibrating")
+    s.add_argument("--qat-observe-steps", type=int, default=100,
+                   help="steps that only observe activation ranges before the fake-quant is switched on")
     s.add_argument("--resume", action="store_true")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true")
@@ -124,7 +129,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                            lr=args.lr, optimizer=args.optimizer, alpha=args.alpha, temperature=args.temperature,
                            label_names=labels, resume=args.resume, save_every=args.save_every, seed=args.seed,
                            text_column=args.text_column, pair_column=args.pair_column,
-                           label_column=args.label_column, amp=args.amp)
+                           label_column=args.label_column, amp=args.amp, qat=args.qat,
+                           qat_observe_steps=args.qat_observe_steps)
         if args.eval and args.task == "classification":
             ev = read_labelled(args.eval, text_column=args.text_column, pair_column=args.pair_column,
                                label_column=args.label_column, label_names=summary["labels"])
