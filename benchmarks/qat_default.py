@@ -6,9 +6,10 @@
 1. the default model (``demo.build``: distilled 6-layer student fine-tuned on Rotten Tomatoes),
    built or taken from the cache;
 2. QAT fine-tuning from it on the same training sentences (``finetune(..., qat=True)``);
-3. both converted at the bundle's shape (seq 128, batch 1): dynamic-int8 and int8 (the float
-   model's ranges calibrated and searched as ``convert`` does; the QAT model's learned ranges),
-   plus the QAT weights with calibrated ranges as a control;
+3. both converted at the bundle's shape (seq 128, batch 1): dynamic-int8, int8 and int8-full
+   (every compute op int8, attention included) with the float model's ranges calibrated and
+   searched as ``convert`` does and with the QAT model's learned ranges, plus the QAT weights with
+   calibrated ranges as a control;
 4. every model scored on the 1,000 held-out Rotten Tomatoes sentences: accuracy against the gold
    labels and label agreement with its own float (PyTorch) model; latency interleaved, medians.
 
@@ -104,8 +105,8 @@ def main(argv=None) -> int:
 
     rows, paths = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        plans = [("float student", base, ("dynamic-int8", "int8"), False),
-                 ("QAT student", qat_model, ("int8",), True),
+        plans = [("float student", base, ("dynamic-int8", "int8", "int8-full"), False),
+                 ("QAT student", qat_model, ("int8", "int8-full"), True),
                  ("QAT student, calibrated ranges", qat_model, ("int8",), False)]
         for name, ckpt, precs, learned in plans:
             float_labels = _labels_torch(ckpt, feeds)
@@ -124,7 +125,7 @@ def main(argv=None) -> int:
                 extra_float = [o for o in fb.get("float_ops", []) if o not in ("BATCH_MATMUL", "SOFTMAX")]
                 rows.append({"model": name, "precision": prec, "accuracy": float(np.mean(labels == gold)),
                              "agreement": float(np.mean(labels == float_labels)),
-                             "ranges": cal.get("source", cal.get("chosen", "")) if prec == "int8" else "",
+                             "ranges": cal.get("source", cal.get("chosen", "")) if prec.startswith("int8") else "",
                              "points_matched": cal.get("points_matched"), "points": cal.get("points"),
                              "float_fallback": extra_float + fb.get("float_layers", []),
                              "conversion_score": st.get("label_agreement")})

@@ -213,15 +213,17 @@ def select_ranges(calibrated: bytes, feeds: dict, evaluate: Callable[[bytes], fl
 
 
 def match_point_tensors(calibrated: bytes, feeds: dict, acts: dict[str, np.ndarray], *,
-                        rtol: float = 1e-3) -> dict[str, list[int]]:
-    """Which tensors of the calibrated (float) TFLite model hold each activation of ``acts``.
+                        rtol: float = 1e-3) -> dict[str, list[tuple[int, float]]]:
+    """Which tensors of the calibrated (float) TFLite model hold each activation of ``acts``, and
+    at which scale: ``{point: [(tensor index, factor), ...]}`` with tensor = factor x activation.
 
     Runs the model once on ``feeds`` (one batch of the model's own input shape) with every
-    intermediate kept, and matches by value: a tensor holds a point's activation when it has the
-    same number of elements and, in the same order, differs by at most ``rtol`` of the
-    activation's largest magnitude (float rounding of the folded graph). Reshapes of a matched
-    tensor match too (they must share its int8 scale anyway). Names do not enter: the graph's
-    names come from the lowering and change with it; the values do not."""
+    intermediate kept, and matches by value: same number of elements and, in the same order,
+    within ``rtol`` of the largest magnitude (float rounding of the folded graph). The factor is
+    1 for most points; it is not where a pass folded a constant scale into the producer (the
+    attention scale 1/sqrt(d) folded into W_q makes the graph's queries 0.35 x PyTorch's at head
+    size 8). Reshapes of a matched tensor match too (they share its int8 scale anyway). Names do
+    not enter: the graph's names come from the lowering and change with it; the values do not."""
     import tempfile
 
     from mobilebert_mobile.runtime.litert import interpreter
@@ -238,22 +240,28 @@ def match_point_tensors(calibrated: bytes, feeds: dict, acts: dict[str, np.ndarr
         for idx, key, dt in _interp_inputs(it, feeds):
             it.set_tensor(idx, feeds[key].astype(dt))
         it.invoke()
-        values = {i: it.get_tensor(i).ravel() for i in ranged}
+        values = {i: it.get_tensor(i).ravel().astype(np.float64) for i in ranged}
     by_size: dict[int, list[int]] = {}
     for i, v in values.items():
         by_size.setdefault(v.size, []).append(i)
     probe = {}
-    out: dict[str, list[int]] = {}
+    out: dict[str, list[tuple[int, float]]] = {}
     for point, a in acts.items():
-        a = np.asarray(a, np.float32).ravel()
-        cands = by_size.get(a.size, [])
-        if not cands:
-            out[point] = []
-            continue
-        tol = rtol * float(np.abs(a).max()) + 1e-6
-        pick = probe.setdefault(a.size, np.linspace(0, a.size - 1, min(a.size, 64)).astype(np.int64))
-        hits = [i for i in cands if np.abs(values[i][pick] - a[pick]).max() <= tol
-                and np.abs(values[i] - a).max() <= tol]
+        a = np.asarray(a, np.float64).ravel()
+        amax = float(np.abs(a).max()) if a.size else 0.0
+        hits: list[tuple[int, float]] = []
+        if amax > 0:
+            pick = probe.setdefault(a.size, np.linspace(0, a.size - 1, min(a.size, 64)).astype(np.int64))
+            ap, aa = a[pick], float(a[pick] @ a[pick])
+            for i in by_size.get(a.size, []):
+                v = values[i]
+                c = float(v[pick] @ ap) / aa if aa > 0 else 1.0  # least-squares factor on the probe
+                if abs(c - 1.0) <= rtol:
+                    c = 1.0
+                if not 1e-2 <= abs(c) <= 1e2 or np.abs(v[pick] - c * ap).max() > rtol * abs(c) * amax + 1e-6:
+                    continue
+                if np.abs(v - c * a).max() <= rtol * abs(c) * amax + 1e-6:
+                    hits.append((i, c))
         out[point] = hits
     return out
 
@@ -263,9 +271,10 @@ def match_point_tensors(calibrated: bytes, feeds: dict, acts: dict[str, np.ndarr
 SAME_SCALE_OPS = {"RESHAPE", "TRANSPOSE", "SLICE", "STRIDED_SLICE", "SQUEEZE", "EXPAND_DIMS", "SPLIT", "SPLIT_V"}
 
 
-def apply_learned_ranges(calibrated: bytes, matches: dict[str, list[int]],
+def apply_learned_ranges(calibrated: bytes, matches: dict[str, list[tuple[int, float]]],
                          ranges: dict[str, tuple[float, float]]) -> tuple[bytes, dict]:
-    """The calibrated model with the learned (QAT) range of each matched point on its tensors.
+    """The calibrated model with the learned (QAT) range of each matched point on its tensors
+    (times the match's factor: see match_point_tensors).
 
     A tensor matched by several points gets the union of their ranges. Ranges then travel
     backwards through same-scale ops (reshape, transpose, slices): the converter fuses sibling
@@ -280,10 +289,12 @@ def apply_learned_ranges(calibrated: bytes, matches: dict[str, list[int]],
     sg = m.subgraphs[0]
     per_tensor: dict[int, tuple[float, float]] = {}
     shared = 0
+    scaled = 0
     for point, idx in matches.items():
-        lo, hi = ranges[point]
-        lo, hi = min(lo, 0.0), max(hi, 0.0)
-        for i in idx:
+        for i, c in idx:
+            lo, hi = sorted((c * ranges[point][0], c * ranges[point][1]))
+            lo, hi = min(lo, 0.0), max(hi, 0.0)
+            scaled += c != 1.0
             if i in per_tensor:
                 shared += 1
                 per_tensor[i] = (min(lo, per_tensor[i][0]), max(hi, per_tensor[i][1]))
@@ -313,7 +324,7 @@ def apply_learned_ranges(calibrated: bytes, matches: dict[str, list[int]],
             q.min, q.max = [lo], [hi]
     stats = {"points": len(matches), "points_matched": sum(1 for v in matches.values() if v),
              "unmatched": sorted(p for p, v in matches.items() if not v),
-             "tensors_set": len(per_tensor), "tensors_shared": shared,
+             "tensors_set": len(per_tensor), "tensors_shared": shared, "tensors_scaled": scaled,
              "tensors_propagated": len(set(propagated) & ranged), "calibrated_tensors": len(ranged)}
     return bytes(flatbuffer_utils.convert_object_to_bytearray(m)), stats
 
