@@ -289,7 +289,7 @@ def _onnx_stages(job: _Job):
     import onnx
 
     from .export import export_onnx
-    from .onnx_passes import op_counts, run_onnx, run_passes
+    from .onnx_passes import DEFAULT_PASSES, make_fuse_siblings_pass, op_counts, run_onnx, run_passes
 
     o, pr = job.opts, job.pr
     pr.stage("exporting to ONNX (torch.onnx.export, opset 18)")
@@ -302,8 +302,15 @@ def _onnx_stages(job: _Job):
     pr.stage("graph passes on ONNX (each verified with onnxruntime)")
     t = time.perf_counter()
     sub = {k: v[:16] for k, v in job.held_feeds.items()}
-    opt, results = run_passes(onx, sub, progress=lambda name: pr.note(f"pass {name}"))
+    passes, fuse_info = list(DEFAULT_PASSES), {}
+    if any(p in ("int8", "int8-full") for p in o.precisions):  # static int8: fuse only like magnitudes
+        cal16 = {k: v[:16] for k, v in job.calib_feeds.items()}
+        passes = [(n, make_fuse_siblings_pass(cal16, info=fuse_info) if n == "fuse_sibling_matmuls" else f)
+                  for n, f in passes]
+    opt, results = run_passes(onx, sub, passes=passes, progress=lambda name: pr.note(f"pass {name}"))
     job.report["passes"] = [r.__dict__ for r in results]
+    if fuse_info:
+        job.report["sibling_fusion"] = fuse_info
     m = job.check("onnx (optimised)", run_onnx(opt, job.held_feeds), FLOAT_TOLERANCE["fp32"])
     _onnx_metadata(job, opt)
     onnx_path = os.path.join(job.tmp, "model.onnx")

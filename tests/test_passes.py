@@ -139,3 +139,30 @@ def test_gelu_layernorm_graph_passes(tmp_path, feeds):
     counts = P.op_counts(opt)
     # fuse_gelu: one Gelu per FFN (2 layers x 4 stacked FFNs), no Erf chain left
     assert counts.get("LayerNormalization", 0) > 0 and counts.get("Erf", 0) == 0 and counts["Gelu"] == 2 * 4
+
+
+def test_fuse_siblings_keeps_apart_outputs_of_different_magnitudes(tmp_path, feeds):
+    """For static int8 the fused GEMM's output is one int8 tensor: siblings whose outputs differ in
+    magnitude by more than max_ratio stay separate (layer 0's attention bottleneck is scaled 100x
+    here, as a student with transferred attention has it), the others are still fused."""
+    import torch
+
+    ck = make_checkpoint(tmp_path / "ck")
+    model, task, _ = E.load_for_export(ck, None, mask_value=-100.0)
+    with torch.no_grad():
+        att = model.mobilebert.encoder.layer[0].bottleneck.attention
+        att.LayerNorm.weight.mul_(100.0)
+        att.LayerNorm.bias.mul_(100.0)
+    outs = E.DEFAULT_OUTPUTS[task]
+    onx = E.export_onnx(E.ExportWrapper.build(model, task, outs), None, batch=1, seq_len=SEQ, outputs=outs)
+    g = P.Graph(copy.deepcopy(onx))
+    P.fold_constants(g)
+    P.fold_nonorm_into_linear(g)
+    folded = g.finalize()
+    plain, n_plain = _apply(folded, P.fuse_sibling_matmuls)
+    info = {}
+    aware, n_aware = _apply(folded, P.make_fuse_siblings_pass(feeds, max_ratio=4.0, info=info))
+    assert n_plain == 4 and info["sibling_groups"] == 4 and info["kept_apart_for_ranges"] >= 1
+    # layer 0: input bottleneck + V fused, the attention bottleneck alone; Q + K and layer 1 as before
+    assert n_aware == 4 and P.op_counts(aware)["MatMul"] == P.op_counts(plain)["MatMul"] + 1
+    _same(folded, aware, feeds, tol=1e-4)
