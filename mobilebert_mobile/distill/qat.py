@@ -85,7 +85,7 @@ class ActivationFakeQuant(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             with torch.no_grad():
-                lo, hi = x.detach().min().float(), x.detach().max().float()
+                lo, hi = (v.float() for v in torch.aminmax(x.detach()))
                 if int(self.calls) == 0:
                     self.lo.copy_(lo)
                     self.hi.copy_(hi)
