@@ -279,7 +279,7 @@ def build(out_dir: str | None = None, *, distill_steps: int = 180, strategy: str
         t3 = time.time()
         model = q["model"]
         acc = evaluate(model, *held, seq_len=seq_len)["accuracy"]
-    rec = {"model": model, "settings": settings, "distill_s": round(t1 - t0, 1), "finetune_s": round(t2 - t1, 1),
+    rec = {"model": model, "float_model": f["model"], "settings": settings, "distill_s": round(t1 - t0, 1), "finetune_s": round(t2 - t1, 1),
            "qat_s": round(t3 - t2, 1), "held_out_accuracy_before_qat": acc_float, "held_out_accuracy": acc,
            "held_out": len(test), "student_parameters": f["parameters"], "cached": False}
     atomic_write_text(record_path, json.dumps(rec, indent=2))
