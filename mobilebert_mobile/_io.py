@@ -66,3 +66,18 @@ def write_results(out_dir: str | os.PathLike, stem: str, markdown: str, obj) -> 
     os.makedirs(out_dir, exist_ok=True)
     atomic_write_text(os.path.join(out_dir, f"{stem}.md"), markdown)
     atomic_write_text(os.path.join(out_dir, f"{stem}.json"), json.dumps(obj, indent=1, default=str) + "\n")
+
+
+def read_json_bounded(path: str | os.PathLike, limit: int, error: type, what: str):
+    """The JSON document at ``path``, refused (``error``) when larger than ``limit`` bytes (checked
+    before reading) or not valid UTF-8 JSON; ``what`` names the file in the messages."""
+    import json
+
+    if os.path.getsize(path) > limit:
+        size = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit >> 10} KiB"
+        raise error(f"{path} is larger than {size}: not a {what}")
+    try:
+        with open(path, "rb") as fh:
+            return json.loads(fh.read(limit).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise error(f"{path} is not valid JSON: {e}") from None

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
-from ._io import atomic_write_text, sha256_file
+from ._io import atomic_write_text, read_json_bounded, sha256_file
 from .tasks import INPUT_NAMES, TASK_NAMES
 from .errors import BundleError  # noqa: F401  (re-exported: defined in errors.py)
 
@@ -93,13 +93,7 @@ def read_bundle(directory: str | os.PathLike, *, verify: bool = True) -> Bundle:
         raise BundleError(f"bundle directory not found: {d}")
     if not os.path.isfile(p):
         raise BundleError(f"{d} is not a bundle: no bundle.json")
-    if os.path.getsize(p) > MAX_MANIFEST_BYTES:
-        raise BundleError(f"{p} is larger than {MAX_MANIFEST_BYTES >> 10} KiB: not a bundle manifest")
-    try:
-        with open(p, "rb") as fh:
-            m = json.loads(fh.read(MAX_MANIFEST_BYTES).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise BundleError(f"{p} is not valid JSON: {e}") from None
+    m = read_json_bounded(p, MAX_MANIFEST_BYTES, BundleError, "bundle manifest")
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise BundleError(f"{p} is not a {FORMAT} manifest")
     for key in ("task", "max_seq_length", "models", "outputs", "inputs"):

