@@ -56,11 +56,9 @@ def _is_const(m, t) -> bool:
 
 
 def _op_name(m, op) -> str:
-    from mobilebert_mobile.converters.tflite import _builtin_names
+    from mobilebert_mobile.converters.tflite import op_name
 
-    code = m.operatorCodes[op.opcodeIndex]
-    bc = max(code.builtinCode, code.deprecatedBuiltinCode)
-    return _builtin_names().get(bc, str(bc))
+    return op_name(m, op)
 
 
 def domain(m, sg, op) -> str:

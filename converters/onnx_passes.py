@@ -385,7 +385,7 @@ def fuse_sibling_matmuls(g: Graph, feeds: dict[str, np.ndarray] | None = None, m
     two kept about one int8 step and the model agreed with its float self on 0.785 of labels.
     """
     count = 0
-    prod, cons = g.producers(), g.consumers()
+    cons = g.consumers()
     groups: dict[str, list] = collections.defaultdict(list)
     for n in g.nodes:
         if n.op_type == "MatMul" and n.input[1] in g.consts and g.consts[n.input[1]].ndim == 2 \
@@ -404,22 +404,20 @@ def fuse_sibling_matmuls(g: Graph, feeds: dict[str, np.ndarray] | None = None, m
         outs = [a.output[0] for ms in groups.values() for _, a, _ in ms]
         amax = {k: float(v.max()) for k, v in channel_absmax(snap.finalize(), feeds, outs).items()}
         split = 0
-        clustered: dict[str, list] = {}
-        for x, ms in groups.items():
+        runs: list[list] = []
+        for ms in groups.values():
             ms = sorted(ms, key=lambda m: amax[m[1].output[0]])
-            run = [ms[0]]
+            runs.append([ms[0]])
             for m in ms[1:]:  # consecutive magnitudes within max_ratio of the run's smallest
-                if amax[m[1].output[0]] <= max_ratio * max(amax[run[0][1].output[0]], 1e-12):
-                    run.append(m)
+                if amax[m[1].output[0]] <= max_ratio * max(amax[runs[-1][0][1].output[0]], 1e-12):
+                    runs[-1].append(m)
                 else:
-                    clustered[f"{x}#{len(clustered)}"] = run
-                    run = [m]
+                    runs.append([m])
                     split += 1
-            clustered[f"{x}#{len(clustered)}"] = run
         if info is not None:
             info.update({"sibling_groups": len(groups), "kept_apart_for_ranges": split, "max_ratio": max_ratio})
-        groups = {k: v for k, v in clustered.items() if len(v) >= 2}
-    for key, members in groups.items():
+        groups = {i: run for i, run in enumerate(runs) if len(run) >= 2}
+    for members in groups.values():
         x = members[0][0].input[0]
         ws = [g.consts[m.input[1]] for m, _, _ in members]
         if len({w.shape[0] for w in ws}) != 1:

@@ -20,6 +20,7 @@ calls; it is a private API of the pinned TensorFlow 2.21.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import re
 from dataclasses import dataclass, field
@@ -51,22 +52,21 @@ def calibrate(converter) -> bytes:
         return bytes(converter.convert())
 
 
-def score_path_nodes(calibrated: bytes) -> list[str]:
+@functools.lru_cache(maxsize=2)  # the fallback search quantizes one calibrated model many times
+def score_path_nodes(calibrated: bytes) -> tuple[str, ...]:
     """Output names of the element-wise ops between attention's score BATCH_MATMUL and its SOFTMAX
     (the mask add, a scale): kept float with the island. Quantized, the scores share one int8 scale
     with the mask fill (-100): 0.39 per step, which flattens sharp attention (a student with
     transferred attention lost 0.2 of label agreement to it) and costs a QUANTIZE/DEQUANTIZE pair."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from .tflite import _builtin_names
+    from .tflite import op_name
 
     m = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
-    names = _builtin_names()
     sg = m.subgraphs[0]
     kind, producer = {}, {}
     for n, op in enumerate(sg.operators):
-        code = m.operatorCodes[op.opcodeIndex]
-        kind[n] = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+        kind[n] = op_name(m, op)
         for t in op.outputs:
             producer[t] = n
     out: list[str] = []
@@ -82,7 +82,7 @@ def score_path_nodes(calibrated: bytes) -> list[str]:
             t = next((i for i in ins if kind[producer[i]] in ("BATCH_MATMUL", "ADD", "MUL", "SUB", "DIV")), -1)
         if t in producer and kind[producer[t]] == "BATCH_MATMUL":
             out += path
-    return out
+    return tuple(out)
 
 
 def quantize_calibrated(calibrated: bytes, *, float_ops=(), float_nodes=()) -> bytes:
@@ -91,7 +91,7 @@ def quantize_calibrated(calibrated: bytes, *, float_ops=(), float_nodes=()) -> b
     from tensorflow.lite.python import convert as tfl_convert
 
     if "BATCH_MATMUL" in float_ops and "SOFTMAX" in float_ops:
-        float_nodes = list(float_nodes) + score_path_nodes(calibrated)
+        float_nodes = list(float_nodes) + list(score_path_nodes(calibrated))
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         return bytes(tfl_convert.mlir_quantize(
             calibrated, disable_per_channel=False, fully_quantize=False, enable_numeric_verify=False,
@@ -321,7 +321,7 @@ def apply_learned_ranges(calibrated: bytes, matches: dict[str, list[tuple[int, f
     keep their calibrated range."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from .tflite import _builtin_names
+    from .tflite import op_name
 
     m = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
     sg = m.subgraphs[0]
@@ -339,11 +339,9 @@ def apply_learned_ranges(calibrated: bytes, matches: dict[str, list[tuple[int, f
             else:
                 per_tensor[i] = (lo, hi)
     from_points = set(per_tensor)
-    names = _builtin_names()
     propagated: dict[int, tuple[float, float]] = {}
     for op in reversed(sg.operators):  # execution order reversed: consumers before producers
-        code = m.operatorCodes[op.opcodeIndex]
-        if names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "") not in SAME_SCALE_OPS:
+        if op_name(m, op) not in SAME_SCALE_OPS:
             continue
         outs = [per_tensor.get(o) or propagated.get(o) for o in op.outputs]
         outs = [r for r in outs if r is not None]

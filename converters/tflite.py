@@ -6,6 +6,7 @@ receives is our lowering of the verified ONNX model.
 from __future__ import annotations
 
 import collections
+import functools
 import subprocess
 import sys
 from typing import Callable, Iterable
@@ -105,10 +106,18 @@ def name_io_tensors(model_bytes: bytes) -> bytes:
     return _write(m)
 
 
+@functools.lru_cache(maxsize=1)
 def _builtin_names() -> dict[int, str]:
     from tensorflow.lite.python import schema_py_generated as s
 
     return {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def op_name(m, op) -> str:
+    """The builtin name of operator ``op`` of model object ``m`` (``FULLY_CONNECTED``, ...)."""
+    code = m.operatorCodes[op.opcodeIndex]
+    bc = max(code.builtinCode, code.deprecatedBuiltinCode)
+    return _builtin_names().get(bc, str(bc))
 
 
 def _activation_names() -> dict[int, str]:
