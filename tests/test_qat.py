@@ -142,3 +142,18 @@ def test_convert_refuses_ranges_of_another_model(qat_checkpoint, tmp_path):
     bad.write_text(json.dumps(doc))
     with pytest.raises(ConversionError, match="bad range"):
         convert(qat_checkpoint["model"], tmp_path / "b", precisions=("int8",), seq_len=SEQ, ranges_from=str(bad))
+
+
+@pytest.mark.parametrize("observe, match", [(-1, "non-negative integer"), (24, "must be below the training steps"),
+                                            (True, "non-negative integer")])
+def test_finetune_qat_refuses_bad_observe_steps(tmp_path, observe, match):
+    from mobilebert_mobile.distill import finetune
+    from mobilebert_mobile.distill.data import LabelledData
+    from mobilebert_mobile.distill.teachers import DistillError
+
+    ck = make_checkpoint(tmp_path / "ck", preset="mobilebert-relu6", layers=1)
+    texts = assets.sample_sentences(16)
+    data = LabelledData(texts, [i % 2 for i in range(16)], None, ["negative", "positive"])
+    with pytest.raises(DistillError, match=match):
+        finetune(str(ck), None, str(tmp_path / "ft"), data=data, steps=24, batch_size=8, seq_len=SEQ,
+                 progress=False, qat=True, qat_observe_steps=observe)
