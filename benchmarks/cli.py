@@ -21,7 +21,8 @@ def register(sub) -> None:
     s.add_argument("--runs", type=int, default=100)
     s.add_argument("--warmup", type=int, default=10)
     s.add_argument("--rounds", type=int, default=5, help="interleaving rounds")
-    s.add_argument("--precision", default="fp32,fp16,dynamic-int8,int8")
+    s.add_argument("--precision", default="fp32,fp16,dynamic-int8,int8,int8-full",
+                   help="our TFLite precisions to convert and measure (default: all five)")
     s.add_argument("--no-peers", action="store_true", help="skip litert-torch")
     s.add_argument("--peers-venv", help="venv with litert-torch (default: $MOBILEBERT_MOBILE_PEERS_VENV, else "
                                         ".venv-peers in the current directory; made by `bash scripts/setup.sh peers`)")

@@ -200,6 +200,11 @@ def markdown(res: dict) -> str:
              f"{f['throughput']['xnnpack_fp32_gmacs']:.0f} G fp32 and {f['throughput']['xnnpack_int8_gmacs']:.0f} G "
              f"int8 MAC/s on {f['throughput']['threads']} threads, so the floors are {f['fp32_ms']:.1f} ms fp32 and "
              f"{f['int8_ms']:.1f} ms int8 (single-large-GEMM floor).", ""]
+    if res.get("conversion_total_s"):
+        times = {k: v.get("time_s") for k, v in res.get("conversion", {}).items() if v.get("time_s") is not None}
+        lines += [f"Our conversion of {len(res.get('precisions') or []) or 'every'} precision(s), each verified "
+                  f"against PyTorch: {res['conversion_total_s']:.0f} s in all (" +
+                  ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + ").", ""]
     isa = res["machine"].get("int8_isa") or {}
     if isa:
         lines += [f"int8 ISA: {isa.get('best')} (int8 dot product: {'yes' if isa.get('int8_dot_product') else 'no'}).", ""]
@@ -325,7 +330,7 @@ def scaling(checkpoint: str, work: str, seq_lens, batches, base_seq: int, precis
 # ------------------------------------------------------------------------ suite
 def run(*, checkpoint: str | None = None, preset: str = "mobilebert", layers: int | None = None, seq_len: int = 128,
         batch: int = 1, threads=(1, 2), runs: int = 100, warmup: int = 10, rounds: int = 5, out_dir: str,
-        precisions=("fp32", "fp16", "dynamic-int8", "int8"), peers: bool = True, compile_torch: bool = True,
+        precisions=("fp32", "fp16", "dynamic-int8", "int8", "int8-full"), peers: bool = True, compile_torch: bool = True,
         do_scaling: bool = True, seq_lens=(32, 64, 128, 256, 512), batches=(1, 4, 16), fidelity_n: int = 64,
         quick: bool = False, command: str = "", log=print, peers_venv: str | None = None) -> dict:
     from mobilebert_mobile import assets
@@ -386,10 +391,12 @@ def run(*, checkpoint: str | None = None, preset: str = "mobilebert", layers: in
 
     res = {"command": command, "model": {"checkpoint": checkpoint, "preset": preset, "layers": cfg.num_hidden_layers},
            "seq_len": seq_len, "batch": batch, "runs": runs, "warmup": warmup, "rounds": rounds,
-           "threads": list(threads), "seed": 0, "versions": _versions(), "machine": machine(), "macs": m,
+           "threads": list(threads), "precisions": list(precisions), "seed": 0, "versions": _versions(),
+           "machine": machine(), "macs": m,
            "conversion": {s["stage"]: {k: s.get(k) for k in ("max_abs_diff", "label_agreement", "size_mb",
-                                                              "meets_target", "xnnpack")}
+                                                              "meets_target", "xnnpack", "time_s")}
                           for s in conv_report["stages"]},
+           "conversion_total_s": conv_report.get("total_time_s"),
            "variants": {}, "samples": {}}
     res["machine"]["flags"] = _cpu_flags()
     for t in threads:

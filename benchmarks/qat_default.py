@@ -42,25 +42,6 @@ def _labels_torch(model_dir: str, feeds: dict) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _labels_tflite(path: str, feeds: dict) -> np.ndarray:
-    from mobilebert_mobile.converters.tflite import run_tflite
-
-    out = run_tflite(path, feeds)
-    k = "probabilities" if "probabilities" in out else "logits"
-    return out[k].argmax(-1)
-
-
-def _convert(ckpt: str, out: str, precisions, *, learned: bool, log) -> dict:
-    from mobilebert_mobile.converters.pipeline import convert
-
-    t = time.perf_counter()
-    rep = convert(ckpt, out, precisions=tuple(precisions), seq_len=128, quiet=True, include_checkpoint=False,
-                  metadata=False, learned_ranges=learned)
-    log(f"converted {ckpt} ({', '.join(precisions)}, {'learned' if learned else 'calibrated'} ranges) in "
-        f"{time.perf_counter() - t:.0f} s")
-    return rep
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=float, default=1.0, help="QAT fine-tuning epochs")
@@ -79,7 +60,7 @@ def main(argv=None) -> int:
     from mobilebert_mobile.distill.data import LabelledData
     from mobilebert_mobile.tokenizer import Tokenizer
 
-    from .op_profile import _Timed, model_feeds
+    from ._int8_eval import convert_and_score, table, time_interleaved
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     log = lambda s: print(s, flush=True)  # noqa: E731
@@ -113,34 +94,10 @@ def main(argv=None) -> int:
             float_labels = _labels_torch(ckpt, feeds)
             rows.append({"model": name, "precision": "float (PyTorch)", "accuracy": float(np.mean(float_labels == gold)),
                          "agreement": 1.0})
-            bdir = os.path.join(tmp, name.replace(" ", "_").replace(",", ""))
-            rep = _convert(ckpt, bdir, precs, learned=learned, log=log)
-            for st in rep["stages"]:
-                prec = st.get("precision")
-                if prec not in precs:
-                    continue
-                path = os.path.join(bdir, st["file"])
-                labels = _labels_tflite(path, feeds)
-                cal = st.get("calibration") or {}
-                fb = st.get("fallback") or {}
-                extra_float = [o for o in fb.get("float_ops", []) if o not in ("BATCH_MATMUL", "SOFTMAX")]
-                rows.append({"model": name, "precision": prec, "accuracy": float(np.mean(labels == gold)),
-                             "agreement": float(np.mean(labels == float_labels)),
-                             "ranges": cal.get("source", cal.get("chosen", "")) if prec.startswith("int8") else "",
-                             "points_matched": cal.get("points_matched"), "points": cal.get("points"),
-                             "float_fallback": extra_float + fb.get("float_layers", []),
-                             "conversion_score": st.get("label_agreement")})
-                key = f"{name} {prec}"
-                paths[key] = os.path.join(tmp, key.replace(" ", "_").replace(",", "") + ".tflite")
-                with open(path, "rb") as src, open(paths[key], "wb") as dst:
-                    dst.write(src.read())
-            log(json.dumps(rows[-1]))
-        # latency: every model interleaved, 2 threads, medians
-        timed = {k: _Timed(p, 2, model_feeds(p, 128)) for k, p in paths.items()}
-        for _ in range(3):
-            for t in timed.values():
-                t.run(args.runs)
-        lat = {k: 1e3 * float(np.median(t.times)) for k, t in timed.items()}
+            got, p = convert_and_score(name, ckpt, precs, feeds, gold, float_labels, tmp, learned=learned, log=log)
+            rows += got
+            paths.update(p)
+        lat = time_interleaved(paths, args.runs)
     for r in rows:
         r["median_ms"] = lat.get(f"{r['model']} {r['precision']}")
     m = machine()
@@ -155,15 +112,7 @@ def main(argv=None) -> int:
              f"{args.observe_steps} steps; {qrec.get('seconds')} s. Command: `{doc['command']}`", "",
              "'agreement' is label agreement with the same weights in float (PyTorch); 'float fallback' lists "
              "what the converter kept float besides attention's BATCH_MATMUL/SOFTMAX.", "",
-             "| model | precision | accuracy | agreement with own float | int8 ranges | float fallback | median ms |",
-             "|---|---|---:|---:|---|---|---:|"]
-    for r in rows:
-        ms = f"{r['median_ms']:.2f}" if r.get("median_ms") else "-"
-        rg = r.get("ranges") or "-"
-        if r.get("points"):
-            rg += f" ({r['points_matched']}/{r['points']} points)"
-        lines.append(f"| {r['model']} | {r['precision']} | {r['accuracy']:.4f} | {r['agreement']:.4f} | {rg} | "
-                     f"{', '.join(r.get('float_fallback') or []) or 'none'} | {ms} |")
+             *table(rows)]
     write_results(args.out, "qat_default", "\n".join(lines) + "\n", doc)
     print("\n".join(lines))
     return 0
