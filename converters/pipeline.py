@@ -5,6 +5,7 @@ disagrees beyond tolerance stops the conversion (no model is written).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -140,6 +141,8 @@ class _Job:
     report: dict = field(default_factory=dict)
     learned: dict | None = None              # QAT ranges {point: (lo, hi)}
     learned_source: str = ""
+    calibrated: bytes | None = None          # the plain graph calibrated once, for int8 and int8-full alike
+    scores: dict = field(default_factory=dict)  # sha256 of a .tflite -> its held-out comparison
 
     @property
     def mask(self):
@@ -189,6 +192,9 @@ def convert(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, optio
         _write_bundle(job, models, t_start)
     finally:
         shutil.rmtree(job.tmp, ignore_errors=True)
+        quantize = sys.modules.get(f"{__package__}.quantize")
+        if quantize is not None:  # the remembered models belong to this conversion alone
+            quantize.clear_caches()
     return job.report
 
 
@@ -436,9 +442,13 @@ def _tflite_stage(job: _Job, prec: str, fn, onnx_model=None) -> dict:
             yield {k: calib_feeds[k][s:s + b] for k in INPUT_NAMES}
 
     def evaluate(model_bytes: bytes) -> tuple[float, dict]:
+        data = name_io_tensors(model_bytes)
         with open(path, "wb") as fh:
-            fh.write(name_io_tensors(model_bytes))
-        m = verify.compare(task, run_tflite(path, held_feeds), job.ref, job.mask)
+            fh.write(data)
+        key = hashlib.sha256(data).hexdigest()  # range search and fallback search meet the same model
+        if key not in job.scores:
+            job.scores[key] = verify.compare(task, run_tflite(path, held_feeds), job.ref, job.mask)
+        m = dict(job.scores[key])
         return verify.score(task, m), m
 
     entry: dict = {"stage": f"tflite {prec}", "precision": prec, "file": os.path.basename(path)}
@@ -488,8 +498,10 @@ def _calibrate_int8(job: _Job, fn, evaluate, representative, onnx_model, float_o
     calib_feeds, held_feeds, target, pr = job.calib_feeds, job.held_feeds, job.target, job.pr
     float_ops = DEFAULT_FLOAT_OPS if float_ops is None else tuple(float_ops)
 
-    pr.note(f"calibrating on {calib_feeds['input_ids'].shape[0]} texts")
-    calibrated = calibrate(make_converter(fn, "int8", representative))
+    if job.calibrated is None:  # int8 and int8-full calibrate the same graph on the same texts
+        pr.note(f"calibrating on {calib_feeds['input_ids'].shape[0]} texts")
+        job.calibrated = calibrate(make_converter(fn, "int8", representative))
+    calibrated = job.calibrated
     if job.learned is not None:
         return _apply_learned(job, fn, calibrated, evaluate, float_ops)
     best, rec = select_ranges(calibrated, calib_feeds, lambda b: evaluate(b)[0], float_ops=float_ops,

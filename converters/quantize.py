@@ -87,7 +87,13 @@ def score_path_nodes(calibrated: bytes) -> tuple[str, ...]:
 
 def quantize_calibrated(calibrated: bytes, *, float_ops=(), float_nodes=()) -> bytes:
     """int8 with ``float_ops`` / ``float_nodes`` kept float; with BATCH_MATMUL and SOFTMAX float, the
-    element-wise ops between them stay float too (score_path_nodes)."""
+    element-wise ops between them stay float too (score_path_nodes). Deterministic, and remembered
+    for the last few calls: range selection and the fallback search ask for the same model twice."""
+    return _quantize_cached(calibrated, tuple(float_ops), tuple(float_nodes))
+
+
+@functools.lru_cache(maxsize=3)
+def _quantize_cached(calibrated: bytes, float_ops: tuple, float_nodes: tuple) -> bytes:
     from tensorflow.lite.python import convert as tfl_convert
 
     if "BATCH_MATMUL" in float_ops and "SOFTMAX" in float_ops:
@@ -96,6 +102,12 @@ def quantize_calibrated(calibrated: bytes, *, float_ops=(), float_nodes=()) -> b
         return bytes(tfl_convert.mlir_quantize(
             calibrated, disable_per_channel=False, fully_quantize=False, enable_numeric_verify=False,
             denylisted_ops=list(float_ops), denylisted_nodes=list(float_nodes)))
+
+
+def clear_caches() -> None:
+    """Forget the remembered quantized models and score paths (each holds whole models)."""
+    _quantize_cached.cache_clear()
+    score_path_nodes.cache_clear()
 
 
 RANGE_METHODS = ("minmax", "percentile", "mse")
@@ -226,18 +238,27 @@ def select_ranges(calibrated: bytes, feeds: dict, evaluate: Callable[[bytes], fl
     say = progress or (lambda s: None)
     t = time.perf_counter()
     sub = {k: v[:max_texts] for k, v in feeds.items()}
-    hists = activation_histograms(calibrated, sub)
-    record: dict = {"histogram_texts": int(next(iter(sub.values())).shape[0]), "methods": {}}
+    hists: dict | None = None  # histograms only when a method other than min/max is tried
+    record: dict = {"histogram_texts": 0, "methods": {}}
     cands = []
     for method in methods:
-        ranged, stats = apply_ranges(calibrated, hists, method) if method != "minmax" else (calibrated, {
-            "method": "minmax", "tensors": len(hists)})
+        if method == "minmax":
+            ranged, stats = calibrated, {"method": "minmax"}
+        else:
+            if hists is None:
+                hists = activation_histograms(calibrated, sub)
+                record["histogram_texts"] = int(next(iter(sub.values())).shape[0])
+            ranged, stats = apply_ranges(calibrated, hists, method)
         model = quantize_calibrated(ranged, float_ops=float_ops)
         sc = evaluate(model)
         parts = _partitions(model)
         record["methods"][method] = {"score": sc, "xnnpack_partitions": parts, **stats}
         say(f"ranges {method}: {sc:.4f}, {parts} XNNPACK partition(s)")
         cands.append((method, sc, parts, ranged))
+        if sc >= 1.0 and parts <= min(c[2] for c in cands):
+            # a perfect score in the fewest partitions cannot be beaten (ties keep the earlier method)
+            record["skipped"] = [m for m in methods if m not in record["methods"]]
+            break
     # Clipped ranges can push an ADD's input/output scale ratio outside what XNNPACK's int8 ADD takes;
     # the op then falls out of the delegate and splits the graph (seen on the default student: percentile
     # ranges left 6 residual ADDs outside, 7 partitions, 2x slower). So no method may split the graph more

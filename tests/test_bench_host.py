@@ -38,6 +38,10 @@ def test_quick_mode_end_to_end(tmp_path):
                                                                                             "BATCH_MATMUL"}
     assert rows["ours TFLite int8"]["x_shape_floor"] > 0 and res["machine"]["int8_isa"]["best"]
     assert res["versions"]["tensorflow"] and res["machine"]["flags"]
+    # the fully integer model is measured too, and the conversion time is recorded per stage
+    assert rows["ours TFLite int8-full"]["status"] == "ok", rows["ours TFLite int8-full"]
+    assert res["conversion_total_s"] > 0 and res["conversion"]["tflite int8"]["time_s"] > 0
+    assert "Our conversion of 5 precision(s)" in (out / "results.md").read_text()
     assert [r["seq_len"] for r in res["scaling"]["rows"]] == [16, 32, 32]
     for f in ("results.md", "latency.png", "scaling.png", "results.jsonl"):
         assert (out / f).stat().st_size > 0

@@ -304,3 +304,30 @@ def test_range_choice_never_splits_the_xnnpack_graph_more_than_minmax(monkeypatc
     parts[b"percentile"] = 1  # once it does not split the graph, the best score wins
     _, rec = Q.select_ranges(b"calibrated", feeds, lambda m: scores[m])
     assert rec["chosen"] == "percentile"
+
+
+def test_range_search_stops_at_a_perfect_score_without_histograms(monkeypatch):
+    """A method that scores 1.0 in no more partitions than the others cannot be beaten: the rest are
+    skipped, and min/max alone needs no histogram pass (the 24-layer conversion's slowest step)."""
+    from mobilebert_mobile.converters import quantize as Q
+
+    def no_histograms(cal, feeds):
+        raise AssertionError("histograms computed for a min/max-only search")
+
+    scores = {b"minmax": 1.0, b"percentile": 1.0, b"mse": 1.0}
+    parts = {b"minmax": 1, b"percentile": 1, b"mse": 1}
+    monkeypatch.setattr(Q, "activation_histograms", no_histograms)
+    monkeypatch.setattr(Q, "apply_ranges", lambda cal, hists, method: (method.encode(), {"method": method}))
+    monkeypatch.setattr(Q, "quantize_calibrated", lambda ranged, float_ops=(): ranged if ranged != b"calibrated"
+                        else b"minmax")
+    monkeypatch.setattr(Q, "_partitions", lambda model: parts[model])
+    feeds = {"input_ids": np.zeros((4, 8), np.int32)}
+    chosen, rec = Q.select_ranges(b"calibrated", feeds, lambda m: scores[m])
+    assert rec["chosen"] == "minmax" and chosen == b"calibrated" and rec["skipped"] == ["percentile", "mse"]
+    assert list(rec["methods"]) == ["minmax"] and rec["histogram_texts"] == 0
+    # short of perfect, every method is tried (and the histograms are computed once)
+    calls = []
+    monkeypatch.setattr(Q, "activation_histograms", lambda cal, feeds: calls.append(1) or {"t": None})
+    scores[b"minmax"] = 0.99
+    chosen, rec = Q.select_ranges(b"calibrated", feeds, lambda m: scores[m])
+    assert rec["chosen"] == "percentile" and rec["skipped"] == ["mse"] and calls == [1]
