@@ -213,6 +213,13 @@ def markdown(res: dict) -> str:
     isa = res["machine"].get("int8_isa") or {}
     if isa:
         lines += [f"int8 ISA: {isa.get('best')} (int8 dot product: {'yes' if isa.get('int8_dot_product') else 'no'}).", ""]
+    th = f["throughput"]
+    if th.get("xnnpack_int8_gmacs_1thread") and th.get("threads", 1) > 1:
+        i1, i2 = th["xnnpack_int8_gmacs_1thread"], th["xnnpack_int8_gmacs"]
+        f1, f2 = th["xnnpack_fp32_gmacs_1thread"], th["xnnpack_fp32_gmacs"]
+        lines += [f"Thread scaling of the GEMM chain: int8 {i1:.0f} G MAC/s on 1 thread, {i2:.0f} G on "
+                  f"{th['threads']} ({i2 / i1:.2f}x); fp32 {f1:.0f} G on 1, {f2:.0f} G on {th['threads']} "
+                  f"({f2 / f1:.2f}x).", ""]
     sf = f.get("shape_aware")
     if sf:
         lines += [f"Shape-aware floor (each of the model's {len(sf['shapes'])} GEMM shapes timed alone as a one-op "

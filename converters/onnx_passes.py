@@ -261,6 +261,132 @@ def fold_nonorm_into_linear(g: Graph) -> int:
     return count
 
 
+def _vector_const(g: Graph, node, name: str) -> tuple[np.ndarray, str] | None:
+    """(value, the other input) when ``node`` has a 1-D (or scalar) constant input besides ``name``."""
+    if len(node.input) != 2 or name not in node.input:
+        return None
+    other = node.input[1] if node.input[0] == name else node.input[0]
+    c = g.consts.get(other)
+    return (c.astype(np.float32), other) if c is not None and c.ndim <= 1 else None
+
+
+def _linear_of(g: Graph, name: str, prod, cons):
+    """``name`` = MatMul(x, W) + c with constant W (2-D) and c, each used once: (matmul, bias add)."""
+    add = prod.get(name)
+    if add is None or add.op_type != "Add":
+        return None
+    for i in add.input:
+        mm = prod.get(i)
+        if mm is not None and mm.op_type == "MatMul" and _single_consumer(cons, i) and \
+                mm.input[1] in g.consts and g.consts[mm.input[1]].ndim == 2 and _vector_const(g, add, i):
+            return mm, add
+    return None
+
+
+def _nonorm_at(g: Graph, name: str, cons):
+    """The NoNorm reading ``name`` alone: (Mul by gamma, Add of beta), or None."""
+    if not _single_consumer(cons, name):
+        return None
+    mul = cons[name][0]
+    if mul.op_type != "Mul" or _vector_const(g, mul, name) is None or not _single_consumer(cons, mul.output[0]):
+        return None
+    add = cons[mul.output[0]][0]
+    if add.op_type != "Add" or _vector_const(g, add, mul.output[0]) is None:
+        return None
+    return mul, add
+
+
+def fold_nonorm_through_residuals(g: Graph, max_spread: float = 4.0) -> int:
+    """Fold the NoNorms that ``fold_nonorm_into_linear`` cannot: those on a residual stream.
+
+    MobileBERT's FFN stack and output bottleneck compute ``y = g * (F(x) + r) + b`` where the sum
+    ``s = F(x) + r`` is also read by the next residual add. Every reader of ``y`` is either a
+    linear layer ``y @ W + c`` (then ``W' = g W``, ``c' = c + b W``, and it reads ``s``), or the
+    next residual sum ``F2(y) + y`` feeding the next NoNorm ``g2 * (.) + b2`` (then ``F2``'s weight
+    and bias are divided by ``g``, that sum reads ``s``, and the next NoNorm becomes ``g2 g``,
+    ``g2 b + b2``): the same values reach every linear layer, with two element-wise ops fewer.
+    Exact in float; the stored sums change by the per-channel factor ``g``, so NoNorms whose
+    (accumulated) gamma spans more than ``max_spread`` in magnitude, or has a zero, stay (an int8
+    tensor has one scale for all channels; they also restart the accumulation).
+    """
+    count = 0
+    progress = True
+    while progress:
+        progress = False
+        prod, cons = g.producers(), g.consumers()
+        for mul in list(g.nodes):
+            if mul.op_type != "Mul":
+                continue
+            s = next((i for i in mul.input if i not in g.consts), None)
+            nn = _nonorm_at(g, s, cons) if s is not None and prod.get(s) is not None else None
+            if nn is None or nn[0] is not mul:
+                continue
+            _, add = nn
+            gam, _ = _vector_const(g, mul, s)
+            beta, _ = _vector_const(g, add, mul.output[0])
+            y = add.output[0]
+            if gam.ndim != 1 or (beta.ndim == 1 and beta.shape != gam.shape):
+                continue
+            mag = np.abs(gam)
+            if y in g.outputs or not mag.size or mag.min() <= 0 or mag.max() / mag.min() > max_spread:
+                continue
+            width = gam.shape[0]
+            plans = []
+            for c in cons.get(y, []):
+                if c is None:
+                    plans = None
+                    break
+                if c.op_type == "MatMul" and c.input[0] == y and c.input[1] in g.consts and \
+                        g.consts[c.input[1]].ndim == 2 and g.consts[c.input[1]].shape[0] == width and \
+                        _single_consumer(cons, c.output[0]) and \
+                        _vector_const(g, cons[c.output[0]][0], c.output[0]) and \
+                        cons[c.output[0]][0].op_type == "Add":
+                    plans.append(("linear", c, cons[c.output[0]][0]))
+                    continue
+                if c.op_type == "Add" and y in c.input and len(c.input) == 2 and c.input[0] != c.input[1]:
+                    other = c.input[1] if c.input[0] == y else c.input[0]
+                    lin = _linear_of(g, other, prod, cons)
+                    nxt = _nonorm_at(g, c.output[0], cons)
+                    if lin is not None and nxt is not None and _single_consumer(cons, other) and \
+                            g.consts[lin[0].input[1]].shape[1] == width:
+                        plans.append(("residual", c, lin, nxt))
+                        continue
+                plans = None
+                break
+            if not plans:
+                continue
+            gvec = gam.astype(np.float32)
+            bvec = np.broadcast_to(beta, gam.shape).astype(np.float32)
+            for plan in plans:
+                if plan[0] == "linear":
+                    _, mm, badd = plan
+                    w = g.consts[mm.input[1]]
+                    c0, cname = _vector_const(g, badd, mm.output[0])
+                    mm.input[1] = g.new_const((gvec[:, None] * w).astype(np.float32), "nonorm_w")
+                    badd.input[list(badd.input).index(cname)] = g.new_const((c0 + bvec @ w).astype(np.float32),
+                                                                            "nonorm_b")
+                    mm.input[0] = s
+                else:
+                    _, radd, (fmm, fadd), (nmul, nadd) = plan
+                    wf = g.consts[fmm.input[1]]
+                    cf, cfname = _vector_const(g, fadd, fmm.output[0])
+                    fmm.input[1] = g.new_const((wf / gvec[None, :]).astype(np.float32), "nonorm_w")
+                    fadd.input[list(fadd.input).index(cfname)] = g.new_const((cf / gvec).astype(np.float32),
+                                                                             "nonorm_b")
+                    radd.input[list(radd.input).index(y)] = s
+                    g2, g2name = _vector_const(g, nmul, radd.output[0])
+                    b2, b2name = _vector_const(g, nadd, nmul.output[0])
+                    nmul.input[list(nmul.input).index(g2name)] = g.new_const((g2 * gvec).astype(np.float32),
+                                                                             "nonorm_g")
+                    nadd.input[list(nadd.input).index(b2name)] = g.new_const((g2 * bvec + b2).astype(np.float32),
+                                                                             "nonorm_beta")
+            g.remove([mul, add])
+            count += 1
+            progress = True
+            break
+    return count
+
+
 def fuse_gelu(g: Graph) -> int:
     """Replace the exporter's erf GELU, ``x * 0.5 * (1 + erf(x / sqrt 2))`` (Div or Mul, Erf, Add, Mul,
     Mul), with one ``Gelu`` node (domain ``com.microsoft``, which onnxruntime runs, so the pass is
@@ -504,6 +630,7 @@ DEFAULT_PASSES: list[tuple[str, Callable[[Graph], int]]] = [
     ("fold_constants", fold_constants),
     ("set_mask_value", set_mask_value),
     ("fold_nonorm_into_linear", fold_nonorm_into_linear),
+    ("fold_nonorm_through_residuals", fold_nonorm_through_residuals),
     ("fuse_gelu", fuse_gelu),
     ("fold_attention_scale", fold_attention_scale),
     ("fuse_sibling_matmuls", fuse_sibling_matmuls),

@@ -63,6 +63,8 @@ def test_every_stage_verified_and_reported(clf_bundle):
     assert stages["tflite int8"]["fallback"]["float_ops"] == ["BATCH_MATMUL", "SOFTMAX"]
     assert [p["name"] for p in r["passes"]][:4] == ["remove_noops", "fold_constants", "set_mask_value",
                                                     "fold_nonorm_into_linear"]
+    # static int8 keeps the residual sums as they are (per-channel rescaled sums cost int8 accuracy)
+    assert "fold_nonorm_through_residuals" not in [p["name"] for p in r["passes"]]
     assert r["versions"]["tensorflow"] and r["machine"]["cores"]
 
 
@@ -243,6 +245,9 @@ def test_relu6_preset_fuses_relu6(tmp_path):
     inv = r["stages"][-1]["inventory"]
     assert inv["fused_activations"].get("FULLY_CONNECTED+RELU6") == 4 and not inv["standalone_activations"]
     assert r["stages"][-1]["max_rel_diff"] < 1e-4
+    # float only: the residual-stream NoNorms fold into the linear layers too (not with static int8)
+    folded = {p["name"]: p["rewrites"] for p in r["passes"]}
+    assert folded["fold_nonorm_through_residuals"] >= 1
 
 
 def test_fallback_groups_cover_every_op(clf_bundle):

@@ -67,6 +67,27 @@ def test_fold_nonorm_into_linear(exported, feeds):
     _same(onx, out2, feeds)
 
 
+def test_fold_nonorm_through_residuals(exported, feeds):
+    """The NoNorms on the residual streams (3 stacked FFNs, the last FFN, the output bottleneck: 5 a
+    layer) fold into the linear layers that read them and into the next NoNorm, exactly in float."""
+    onx, _, _ = exported
+    out, _ = _apply(P.Graph(copy.deepcopy(onx)).finalize(), P.fold_constants)
+    out, _ = _apply(out, P.fold_nonorm_into_linear)
+    before = P.op_counts(out)
+    unbounded, n = _apply(out, lambda g: P.fold_nonorm_through_residuals(g, max_spread=1e9))
+    # all but the last one, whose reader (the [CLS] Gather of the classifier) cannot absorb it
+    assert n == 5 * 2 - 1
+    after = P.op_counts(unbounded)
+    assert before["Mul"] - after["Mul"] == n and before["Add"] - after["Add"] == n
+    _same(out, unbounded, feeds)
+    # gamma's channel spread bounds what is folded (the stored sums change by gamma per channel,
+    # and an int8 tensor has one scale); accumulated gammas count, so fewer fold at the default bound
+    _, none = _apply(out, lambda g: P.fold_nonorm_through_residuals(g, max_spread=1.0))
+    bounded, some = _apply(out, P.fold_nonorm_through_residuals)
+    assert none == 0 and 0 < some <= n
+    _same(out, bounded, feeds)
+
+
 def test_fold_embedding_norm_reaches_tables(exported, feeds):
     onx, _, _ = exported
     g = P.Graph(copy.deepcopy(onx))
