@@ -116,12 +116,13 @@ def main(argv=None) -> int:
            "machine": m, "settings": settings, "qat_seconds": qrec.get("seconds"), "held_out": len(texts),
            "default_model_accuracy": rec.get("held_out_accuracy"), "rows": rows,
            "load_average": os.getloadavg(), "wall_s": round(time.time() - t0, 1)}
+    qat = (f"QAT: the default model's own recipe ({settings}); {qrec.get('seconds')} s." if args.from_demo else
+           f"QAT: {args.epochs} epoch(s) from the default model, lr {args.lr}, ranges observed for "
+           f"{args.observe_steps} steps; {qrec.get('seconds')} s.")
     lines = ["# QAT on the default student (issue 11)", "",
              f"{describe(m)} Load average during the run {doc['load_average'][0]:.1f} (latencies are "
              f"interleaved medians, 2 threads, XNNPACK). Held-out: the 1,000 Rotten Tomatoes sentences at seq 128. "
-             (f"QAT: the default model's own recipe ({settings}); {qrec.get('seconds')} s. " if args.from_demo else
-              f"QAT: {args.epochs} epoch(s) from the default model, lr {args.lr}, ranges observed for "
-              f"{args.observe_steps} steps; {qrec.get('seconds')} s. ") + f"Command: `{doc['command']}`", "",
+             f"{qat} Command: `{doc['command']}`", "",
              "'agreement' is label agreement with the same weights in float (PyTorch); 'float fallback' lists "
              "what the converter kept float besides attention's BATCH_MATMUL/SOFTMAX.", "",
              *table(rows)]

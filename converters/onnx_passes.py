@@ -186,6 +186,17 @@ def _scalable(g: Graph, leaf: str, prod, cons) -> str | None:
     return None
 
 
+def _rewrite_each(g: Graph, op_type: str, rewrite) -> int:
+    """Apply ``rewrite(node, producers, consumers) -> bool`` to the nodes of ``op_type`` in order,
+    starting over after each rewrite (the maps change), until none applies; returns the count."""
+    count = 0
+    while True:
+        prod, cons = g.producers(), g.consumers()
+        if not any(rewrite(n, prod, cons) for n in list(g.nodes) if n.op_type == op_type):
+            return count
+        count += 1
+
+
 def fold_nonorm_into_linear(g: Graph) -> int:
     """Fold a NoNorm, ``Mul(sum, gamma) -> Add(beta)``, into the terms of ``sum``.
 
@@ -197,69 +208,61 @@ def fold_nonorm_into_linear(g: Graph) -> int:
     linear map, so gamma distributes over both terms. Where a term is an activation (the residual
     adds after the FFNs and the output bottleneck), nothing is folded.
     """
-    count = 0
-    progress = True
-    while progress:
-        progress = False
-        prod, cons = g.producers(), g.consumers()
-        for mul in list(g.nodes):
-            if mul.op_type != "Mul":
-                continue
-            x, gname = mul.input
-            if gname not in g.consts and x in g.consts:
-                x, gname = gname, x
-            gamma = g.consts.get(gname)
-            if gamma is None or gamma.ndim > 1 or not _single_consumer(cons, mul.output[0]):
-                continue
-            add = cons[mul.output[0]][0]
-            beta = None
-            if add.op_type == "Add":
-                other = add.input[1] if add.input[0] == mul.output[0] else add.input[0]
-                beta = g.consts.get(other)
-                if beta is not None and beta.ndim > 1:
-                    beta = None
-            internal: list = []
-            leaves = _sum_leaves(g, x, prod, cons, internal)
-            if leaves is None:
-                continue
-            if not _single_consumer(cons, x) and x not in g.consts:
-                continue
-            kinds = [_scalable(g, leaf, prod, cons) for leaf in leaves]
-            if any(k is None for k in kinds):
-                continue
-            if beta is not None and "const" not in kinds:
-                beta = None  # nowhere to put it: keep the Add
-            gvec = gamma.astype(np.float32)
-            beta_done = False
-            for leaf, kind in zip(leaves, kinds):
-                if kind == "const":
-                    v = g.consts[leaf] * gvec
-                    if beta is not None and not beta_done:
-                        v = v + beta
-                        beta_done = True
-                    new = g.new_const(v.astype(np.float32), "folded")
-                    for n in internal:
-                        for k, i in enumerate(n.input):
-                            if i == leaf:
-                                n.input[k] = new
-                    if not internal:
-                        raise AssertionError("unreachable: constant leaf without Add")
-                else:
-                    n = prod[leaf]
-                    idx = 1 if kind == "matmul" else 0
-                    scaled = (g.consts[n.input[idx]] * (gvec if kind == "matmul" else gvec[None, :]))
-                    n.input[idx] = g.new_const(scaled.astype(np.float32), "folded")
-            # rewire: consumers of the last node now read the sum directly
-            last = add if beta_done else mul
-            if last.output[0] in g.outputs:
-                continue
-            g.replace_uses(last.output[0], x)
-            g.remove([mul] + ([add] if beta_done else []))
-            count += 1
-            progress = True
-            break
-    return count
 
+    def one(mul, prod, cons) -> bool:
+        x, gname = mul.input
+        if gname not in g.consts and x in g.consts:
+            x, gname = gname, x
+        gamma = g.consts.get(gname)
+        if gamma is None or gamma.ndim > 1 or not _single_consumer(cons, mul.output[0]):
+            return False
+        add = cons[mul.output[0]][0]
+        beta = None
+        if add.op_type == "Add":
+            other = add.input[1] if add.input[0] == mul.output[0] else add.input[0]
+            beta = g.consts.get(other)
+            if beta is not None and beta.ndim > 1:
+                beta = None
+        internal: list = []
+        leaves = _sum_leaves(g, x, prod, cons, internal)
+        if leaves is None:
+            return False
+        if not _single_consumer(cons, x) and x not in g.consts:
+            return False
+        kinds = [_scalable(g, leaf, prod, cons) for leaf in leaves]
+        if any(k is None for k in kinds):
+            return False
+        if beta is not None and "const" not in kinds:
+            beta = None  # nowhere to put it: keep the Add
+        gvec = gamma.astype(np.float32)
+        beta_done = False
+        for leaf, kind in zip(leaves, kinds):
+            if kind == "const":
+                v = g.consts[leaf] * gvec
+                if beta is not None and not beta_done:
+                    v = v + beta
+                    beta_done = True
+                new = g.new_const(v.astype(np.float32), "folded")
+                for n in internal:
+                    for k, i in enumerate(n.input):
+                        if i == leaf:
+                            n.input[k] = new
+                if not internal:
+                    raise AssertionError("unreachable: constant leaf without Add")
+            else:
+                n = prod[leaf]
+                idx = 1 if kind == "matmul" else 0
+                scaled = (g.consts[n.input[idx]] * (gvec if kind == "matmul" else gvec[None, :]))
+                n.input[idx] = g.new_const(scaled.astype(np.float32), "folded")
+        # rewire: consumers of the last node now read the sum directly
+        last = add if beta_done else mul
+        if last.output[0] in g.outputs:
+            return False
+        g.replace_uses(last.output[0], x)
+        g.remove([mul] + ([add] if beta_done else []))
+        return True
+
+    return _rewrite_each(g, "Mul", one)
 
 def _vector_const(g: Graph, node, name: str) -> tuple[np.ndarray, str] | None:
     """(value, the other input) when ``node`` has a 1-D (or scalar) constant input besides ``name``."""
@@ -309,83 +312,75 @@ def fold_nonorm_through_residuals(g: Graph, max_spread: float = 4.0) -> int:
     (accumulated) gamma spans more than ``max_spread`` in magnitude, or has a zero, stay (an int8
     tensor has one scale for all channels; they also restart the accumulation).
     """
-    count = 0
-    progress = True
-    while progress:
-        progress = False
-        prod, cons = g.producers(), g.consumers()
-        for mul in list(g.nodes):
-            if mul.op_type != "Mul":
-                continue
-            s = next((i for i in mul.input if i not in g.consts), None)
-            nn = _nonorm_at(g, s, cons) if s is not None and prod.get(s) is not None else None
-            if nn is None or nn[0] is not mul:
-                continue
-            _, add = nn
-            gam, _ = _vector_const(g, mul, s)
-            beta, _ = _vector_const(g, add, mul.output[0])
-            y = add.output[0]
-            if gam.ndim != 1 or (beta.ndim == 1 and beta.shape != gam.shape):
-                continue
-            mag = np.abs(gam)
-            if y in g.outputs or not mag.size or mag.min() <= 0 or mag.max() / mag.min() > max_spread:
-                continue
-            width = gam.shape[0]
-            plans = []
-            for c in cons.get(y, []):
-                if c is None:
-                    plans = None
-                    break
-                if c.op_type == "MatMul" and c.input[0] == y and c.input[1] in g.consts and \
-                        g.consts[c.input[1]].ndim == 2 and g.consts[c.input[1]].shape[0] == width and \
-                        _single_consumer(cons, c.output[0]) and \
-                        _vector_const(g, cons[c.output[0]][0], c.output[0]) and \
-                        cons[c.output[0]][0].op_type == "Add":
-                    plans.append(("linear", c, cons[c.output[0]][0]))
-                    continue
-                if c.op_type == "Add" and y in c.input and len(c.input) == 2 and c.input[0] != c.input[1]:
-                    other = c.input[1] if c.input[0] == y else c.input[0]
-                    lin = _linear_of(g, other, prod, cons)
-                    nxt = _nonorm_at(g, c.output[0], cons)
-                    if lin is not None and nxt is not None and _single_consumer(cons, other) and \
-                            g.consts[lin[0].input[1]].shape[1] == width:
-                        plans.append(("residual", c, lin, nxt))
-                        continue
+
+    def one(mul, prod, cons) -> bool:
+        s = next((i for i in mul.input if i not in g.consts), None)
+        nn = _nonorm_at(g, s, cons) if s is not None and prod.get(s) is not None else None
+        if nn is None or nn[0] is not mul:
+            return False
+        _, add = nn
+        gam, _ = _vector_const(g, mul, s)
+        beta, _ = _vector_const(g, add, mul.output[0])
+        y = add.output[0]
+        if gam.ndim != 1 or (beta.ndim == 1 and beta.shape != gam.shape):
+            return False
+        mag = np.abs(gam)
+        if y in g.outputs or not mag.size or mag.min() <= 0 or mag.max() / mag.min() > max_spread:
+            return False
+        width = gam.shape[0]
+        plans = []
+        for c in cons.get(y, []):
+            if c is None:
                 plans = None
                 break
-            if not plans:
+            if c.op_type == "MatMul" and c.input[0] == y and c.input[1] in g.consts and \
+                    g.consts[c.input[1]].ndim == 2 and g.consts[c.input[1]].shape[0] == width and \
+                    _single_consumer(cons, c.output[0]) and \
+                    _vector_const(g, cons[c.output[0]][0], c.output[0]) and \
+                    cons[c.output[0]][0].op_type == "Add":
+                plans.append(("linear", c, cons[c.output[0]][0]))
                 continue
-            gvec = gam.astype(np.float32)
-            bvec = np.broadcast_to(beta, gam.shape).astype(np.float32)
-            for plan in plans:
-                if plan[0] == "linear":
-                    _, mm, badd = plan
-                    w = g.consts[mm.input[1]]
-                    c0, cname = _vector_const(g, badd, mm.output[0])
-                    mm.input[1] = g.new_const((gvec[:, None] * w).astype(np.float32), "nonorm_w")
-                    badd.input[list(badd.input).index(cname)] = g.new_const((c0 + bvec @ w).astype(np.float32),
-                                                                            "nonorm_b")
-                    mm.input[0] = s
-                else:
-                    _, radd, (fmm, fadd), (nmul, nadd) = plan
-                    wf = g.consts[fmm.input[1]]
-                    cf, cfname = _vector_const(g, fadd, fmm.output[0])
-                    fmm.input[1] = g.new_const((wf / gvec[None, :]).astype(np.float32), "nonorm_w")
-                    fadd.input[list(fadd.input).index(cfname)] = g.new_const((cf / gvec).astype(np.float32),
-                                                                             "nonorm_b")
-                    radd.input[list(radd.input).index(y)] = s
-                    g2, g2name = _vector_const(g, nmul, radd.output[0])
-                    b2, b2name = _vector_const(g, nadd, nmul.output[0])
-                    nmul.input[list(nmul.input).index(g2name)] = g.new_const((g2 * gvec).astype(np.float32),
-                                                                             "nonorm_g")
-                    nadd.input[list(nadd.input).index(b2name)] = g.new_const((g2 * bvec + b2).astype(np.float32),
-                                                                             "nonorm_beta")
-            g.remove([mul, add])
-            count += 1
-            progress = True
+            if c.op_type == "Add" and y in c.input and len(c.input) == 2 and c.input[0] != c.input[1]:
+                other = c.input[1] if c.input[0] == y else c.input[0]
+                lin = _linear_of(g, other, prod, cons)
+                nxt = _nonorm_at(g, c.output[0], cons)
+                if lin is not None and nxt is not None and _single_consumer(cons, other) and \
+                        g.consts[lin[0].input[1]].shape[1] == width:
+                    plans.append(("residual", c, lin, nxt))
+                    continue
+            plans = None
             break
-    return count
+        if not plans:
+            return False
+        gvec = gam.astype(np.float32)
+        bvec = np.broadcast_to(beta, gam.shape).astype(np.float32)
+        for plan in plans:
+            if plan[0] == "linear":
+                _, mm, badd = plan
+                w = g.consts[mm.input[1]]
+                c0, cname = _vector_const(g, badd, mm.output[0])
+                mm.input[1] = g.new_const((gvec[:, None] * w).astype(np.float32), "nonorm_w")
+                badd.input[list(badd.input).index(cname)] = g.new_const((c0 + bvec @ w).astype(np.float32),
+                                                                        "nonorm_b")
+                mm.input[0] = s
+            else:
+                _, radd, (fmm, fadd), (nmul, nadd) = plan
+                wf = g.consts[fmm.input[1]]
+                cf, cfname = _vector_const(g, fadd, fmm.output[0])
+                fmm.input[1] = g.new_const((wf / gvec[None, :]).astype(np.float32), "nonorm_w")
+                fadd.input[list(fadd.input).index(cfname)] = g.new_const((cf / gvec).astype(np.float32),
+                                                                         "nonorm_b")
+                radd.input[list(radd.input).index(y)] = s
+                g2, g2name = _vector_const(g, nmul, radd.output[0])
+                b2, b2name = _vector_const(g, nadd, nmul.output[0])
+                nmul.input[list(nmul.input).index(g2name)] = g.new_const((g2 * gvec).astype(np.float32),
+                                                                         "nonorm_g")
+                nadd.input[list(nadd.input).index(b2name)] = g.new_const((g2 * bvec + b2).astype(np.float32),
+                                                                         "nonorm_beta")
+        g.remove([mul, add])
+        return True
 
+    return _rewrite_each(g, "Mul", one)
 
 def fuse_gelu(g: Graph) -> int:
     """Replace the exporter's erf GELU, ``x * 0.5 * (1 + erf(x / sqrt 2))`` (Div or Mul, Erf, Add, Mul,

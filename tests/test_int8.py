@@ -286,19 +286,24 @@ def test_int8_full_has_no_float_compute_op():
     assert ops.get("BATCH_MATMUL") and ops.get("SOFTMAX") and ops.get("FULLY_CONNECTED")
 
 
-def test_range_choice_never_splits_the_xnnpack_graph_more_than_minmax(monkeypatch):
-    """Clipped ranges can take an int8 ADD out of XNNPACK (the default student: 7 partitions, 2x slower):
-    a method that splits the graph more than min/max is not chosen, whatever its score."""
+def _fake_range_search(monkeypatch, parts: dict, histograms):
+    """select_ranges over stand-ins: each method's 'model' is its name, scored and partitioned by dicts."""
     from mobilebert_mobile.converters import quantize as Q
 
-    scores = {b"minmax": 0.985, b"percentile": 0.995, b"mse": 0.990}
-    parts = {b"minmax": 1, b"percentile": 7, b"mse": 1}
-    monkeypatch.setattr(Q, "activation_histograms", lambda cal, feeds: {"t": None})
+    monkeypatch.setattr(Q, "activation_histograms", histograms)
     monkeypatch.setattr(Q, "apply_ranges", lambda cal, hists, method: (method.encode(), {"method": method}))
     monkeypatch.setattr(Q, "quantize_calibrated", lambda ranged, float_ops=(): ranged if ranged != b"calibrated"
                         else b"minmax")
     monkeypatch.setattr(Q, "_partitions", lambda model: parts[model])
-    feeds = {"input_ids": np.zeros((4, 8), np.int32)}
+    return Q, {"input_ids": np.zeros((4, 8), np.int32)}
+
+
+def test_range_choice_never_splits_the_xnnpack_graph_more_than_minmax(monkeypatch):
+    """Clipped ranges can take an int8 ADD out of XNNPACK (the default student: 7 partitions, 2x slower):
+    a method that splits the graph more than min/max is not chosen, whatever its score."""
+    scores = {b"minmax": 0.985, b"percentile": 0.995, b"mse": 0.990}
+    parts = {b"minmax": 1, b"percentile": 7, b"mse": 1}
+    Q, feeds = _fake_range_search(monkeypatch, parts, lambda cal, feeds: {"t": None})
     chosen, rec = Q.select_ranges(b"calibrated", feeds, lambda m: scores[m])
     assert rec["chosen"] == "mse" and chosen == b"mse" and rec["xnnpack_partitions"] == 1
     assert rec["methods"]["percentile"]["xnnpack_partitions"] == 7
@@ -310,19 +315,12 @@ def test_range_choice_never_splits_the_xnnpack_graph_more_than_minmax(monkeypatc
 def test_range_search_stops_at_a_perfect_score_without_histograms(monkeypatch):
     """A method that scores 1.0 in no more partitions than the others cannot be beaten: the rest are
     skipped, and min/max alone needs no histogram pass (the 24-layer conversion's slowest step)."""
-    from mobilebert_mobile.converters import quantize as Q
-
     def no_histograms(cal, feeds):
         raise AssertionError("histograms computed for a min/max-only search")
 
     scores = {b"minmax": 1.0, b"percentile": 1.0, b"mse": 1.0}
     parts = {b"minmax": 1, b"percentile": 1, b"mse": 1}
-    monkeypatch.setattr(Q, "activation_histograms", no_histograms)
-    monkeypatch.setattr(Q, "apply_ranges", lambda cal, hists, method: (method.encode(), {"method": method}))
-    monkeypatch.setattr(Q, "quantize_calibrated", lambda ranged, float_ops=(): ranged if ranged != b"calibrated"
-                        else b"minmax")
-    monkeypatch.setattr(Q, "_partitions", lambda model: parts[model])
-    feeds = {"input_ids": np.zeros((4, 8), np.int32)}
+    Q, feeds = _fake_range_search(monkeypatch, parts, no_histograms)
     chosen, rec = Q.select_ranges(b"calibrated", feeds, lambda m: scores[m])
     assert rec["chosen"] == "minmax" and chosen == b"calibrated" and rec["skipped"] == ["percentile", "mse"]
     assert list(rec["methods"]) == ["minmax"] and rec["histogram_texts"] == 0
