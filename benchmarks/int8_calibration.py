@@ -70,10 +70,11 @@ def run(checkpoint: str, *, task: str | None = None, seq_len: int = 128, calib_n
         graphs[f"equalized a={a}"] = a
     for gname, alpha in graphs.items():
         t = time.perf_counter()
-        passes = list(P.DEFAULT_PASSES)
+        passes = P.passes_for(static_int8=True)  # as convert runs them for an int8 model
         einfo: dict = {}
         if alpha is not None:
-            passes.insert(5, ("equalize", P.make_equalize_pass(calib, alpha=alpha, info=einfo)))
+            at = [n for n, _ in passes].index("fuse_gelu") + 1
+            passes.insert(at, ("equalize", P.make_equalize_pass(calib, alpha=alpha, info=einfo)))
         opt, _ = P.run_passes(onx, {k: v[:16] for k, v in held.items()}, passes=passes)
         if alpha is not None:
             res["equalization"][gname] = einfo

@@ -295,7 +295,7 @@ def _onnx_stages(job: _Job):
     import onnx
 
     from .export import export_onnx
-    from .onnx_passes import DEFAULT_PASSES, make_fuse_siblings_pass, op_counts, run_onnx, run_passes
+    from .onnx_passes import make_fuse_siblings_pass, op_counts, passes_for, run_onnx, run_passes
 
     o, pr = job.opts, job.pr
     pr.stage("exporting to ONNX (torch.onnx.export, opset 18)")
@@ -308,13 +308,9 @@ def _onnx_stages(job: _Job):
     pr.stage("graph passes on ONNX (each verified with onnxruntime)")
     t = time.perf_counter()
     sub = {k: v[:16] for k, v in job.held_feeds.items()}
-    passes, fuse_info = list(DEFAULT_PASSES), {}
-    if job.learned is not None or any(p in ("int8", "int8-full") for p in o.precisions):
-        # static int8 quantizes the residual sums per tensor: scaled per channel by gamma they lost
-        # accuracy (a transformers-made student classifier: 0.999 -> 0.989 label agreement); and QAT
-        # ranges were learned on the NoNorm outputs, which must stay to be found
-        passes = [(n, f) for n, f in passes if n != "fold_nonorm_through_residuals"]
-    if any(p in ("int8", "int8-full") for p in o.precisions):  # static int8: fuse only like magnitudes
+    static_int8 = any(p in ("int8", "int8-full") for p in o.precisions)
+    passes, fuse_info = passes_for(static_int8=static_int8, learned_ranges=job.learned is not None), {}
+    if static_int8:  # static int8: fuse only like magnitudes
         cal16 = {k: v[:16] for k, v in job.calib_feeds.items()}
         passes = [(n, make_fuse_siblings_pass(cal16, info=fuse_info) if n == "fuse_sibling_matmuls" else f)
                   for n, f in passes]
