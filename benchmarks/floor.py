@@ -102,15 +102,13 @@ def gemm_shapes(model_bytes: bytes) -> list[dict]:
     M, K, N with its adjoint flags, read from the tensors' shapes."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from mobilebert_mobile.converters.tflite import _builtin_names
+    from mobilebert_mobile.converters.tflite import op_name
 
     m = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
-    names = _builtin_names()
     sg = m.subgraphs[0]
     found: dict[tuple, int] = {}
     for op in sg.operators:
-        code = m.operatorCodes[op.opcodeIndex]
-        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+        name = op_name(m, op)
         if name == "FULLY_CONNECTED":
             x, w = (list(sg.tensors[i].shape) for i in op.inputs[:2])
             n, k = int(w[0]), int(w[1])

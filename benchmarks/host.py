@@ -81,10 +81,8 @@ def convert_with_litert_torch(checkpoint: str, out_dir: str, seq_len: int, batch
         return {"litert-torch fp32": reason, "litert-torch dynamic-int8": reason}
     os.makedirs(out_dir, exist_ok=True)
     script = importlib.util.find_spec("mobilebert_mobile.benchmarks.litert_torch_export").origin  # standalone script
-    # the peers venv does not install us: it imports our model classes from the source tree
-    import mobilebert_mobile
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(mobilebert_mobile.__file__)))
+    # the peers venv does not install us: it imports our model classes from the source tree (read only)
+    root = os.path.dirname(importlib.util.find_spec("mobilebert_mobile").submodule_search_locations[0])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     r = subprocess.run([py, script, checkpoint, out_dir, str(seq_len), str(batch)], capture_output=True, text=True,
                        timeout=1800, env=env)

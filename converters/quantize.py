@@ -414,15 +414,13 @@ def layer_nodes(model_bytes: bytes) -> dict[str, list[str]]:
     """
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from .tflite import _builtin_names
+    from .tflite import op_name
 
     m = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
-    names = _builtin_names()
     sg = m.subgraphs[0]
     out: dict[str, list[str]] = {}
     for op in sg.operators:
-        code = m.operatorCodes[op.opcodeIndex]
-        kind = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+        kind = op_name(m, op)
         for t in op.outputs:
             name = sg.tensors[t].name.decode()
             hit = _SCOPE.search(name)
@@ -436,11 +434,10 @@ def layer_nodes(model_bytes: bytes) -> dict[str, list[str]]:
 def op_types(model_bytes: bytes) -> set[str]:
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from .tflite import _builtin_names
+    from .tflite import code_name
 
     m = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
-    names = _builtin_names()
-    return {names.get(max(c.builtinCode, c.deprecatedBuiltinCode), "") for c in m.operatorCodes}
+    return {n for n in (code_name(c) for c in m.operatorCodes) if not n.isdigit()}  # named builtins only
 
 
 def _op_level(calibrated, evaluate, target, base_ops, steps, say) -> QuantResult | None:

@@ -113,11 +113,15 @@ def _builtin_names() -> dict[int, str]:
     return {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
 
 
-def op_name(m, op) -> str:
-    """The builtin name of operator ``op`` of model object ``m`` (``FULLY_CONNECTED``, ...)."""
-    code = m.operatorCodes[op.opcodeIndex]
+def code_name(code) -> str:
+    """The builtin name of an operator code (``FULLY_CONNECTED``, ...; the number when unknown)."""
     bc = max(code.builtinCode, code.deprecatedBuiltinCode)
     return _builtin_names().get(bc, str(bc))
+
+
+def op_name(m, op) -> str:
+    """The builtin name of operator ``op`` of model object ``m`` (``FULLY_CONNECTED``, ...)."""
+    return code_name(m.operatorCodes[op.opcodeIndex])
 
 
 def _activation_names() -> dict[int, str]:
@@ -131,7 +135,7 @@ def inventory(model_bytes: bytes) -> dict:
     from tensorflow.lite.python import schema_py_generated as s
 
     m = _read(model_bytes)
-    names, acts = _builtin_names(), _activation_names()
+    acts = _activation_names()
     sg = m.subgraphs[0]
     ops = collections.Counter()
     fused = collections.Counter()
@@ -139,9 +143,7 @@ def inventory(model_bytes: bytes) -> dict:
     float_ops = collections.Counter()
     type_names = {v: k for k, v in vars(s.TensorType).items() if not k.startswith("_")}
     for op in sg.operators:
-        code = m.operatorCodes[op.opcodeIndex]
-        bc = max(code.builtinCode, code.deprecatedBuiltinCode)
-        name = names.get(bc, str(bc))
+        name = op_name(m, op)
         ops[name] += 1
         opt = op.builtinOptions
         act = getattr(opt, "fusedActivationFunction", 0) if opt is not None else 0
@@ -175,12 +177,10 @@ def float_compute_ops(model_bytes: bytes) -> dict[str, int]:
     """Compute ops (not conversions or layout) that read or write float tensors, by type: empty for an
     integer-only graph apart from its float input/output conversions."""
     m = _read(model_bytes)
-    names = _builtin_names()
     sg = m.subgraphs[0]
     out: collections.Counter = collections.Counter()
     for op in sg.operators:
-        code = m.operatorCodes[op.opcodeIndex]
-        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+        name = op_name(m, op)
         if name in NON_COMPUTE_OPS:
             continue
         ts = [sg.tensors[i] for i in list(op.inputs) + list(op.outputs) if i >= 0]
