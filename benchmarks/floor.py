@@ -60,11 +60,8 @@ def measure(threads: int = 2, runs: int = 50) -> dict:
             p = os.path.join(d, f"{kind}.tflite")
             with open(p, "wb") as fh:
                 fh.write(_fc_chain_tflite(kind == "int8"))
-            # at the requested thread count, and on one thread: how much a second thread buys each kernel
-            for th, key in ((threads, f"xnnpack_{kind}_gmacs"), (1, f"xnnpack_{kind}_gmacs_1thread")):
-                if th == 1 and threads == 1:
-                    out[key] = out[f"xnnpack_{kind}_gmacs"]
-                    continue
+            gmacs = {}  # at the requested thread count, and on one thread: what more threads buy each kernel
+            for th in dict.fromkeys((threads, 1)):
                 it = interpreter(p, num_threads=th)
                 it.allocate_tensors()
                 inp = it.get_input_details()[0]
@@ -72,8 +69,8 @@ def measure(threads: int = 2, runs: int = 50) -> dict:
                 if inp["dtype"] == np.int8:
                     x = np.clip(x * 20, -127, 127).astype(np.int8)
                 it.set_tensor(inp["index"], x)
-                t = _median_time(it.invoke, runs)
-                out[key] = macs / t / 1e9
+                gmacs[th] = macs / _median_time(it.invoke, runs) / 1e9
+            out[f"xnnpack_{kind}_gmacs"], out[f"xnnpack_{kind}_gmacs_1thread"] = gmacs[threads], gmacs[1]
     a = np.random.default_rng(2).standard_normal((512, 512)).astype(np.float32)
     t = _median_time(lambda: a @ a, runs)
     out["numpy_fp32_gmacs"] = 512 ** 3 / t / 1e9

@@ -35,6 +35,8 @@ import time
 
 import numpy as np
 
+from mobilebert_mobile.converters.tflite import op_name
+
 _DT = {0: "f32", 1: "f16", 2: "i32", 3: "u8", 4: "i64", 9: "i8", 7: "i16", 6: "bool"}
 
 
@@ -55,15 +57,9 @@ def _is_const(m, t) -> bool:
     return b is not None and b.data is not None and len(b.data) > 0
 
 
-def _op_name(m, op) -> str:
-    from mobilebert_mobile.converters.tflite import op_name
-
-    return op_name(m, op)
-
-
 def domain(m, sg, op) -> str:
     """``f32``, ``i8``, ``f32->i8`` (QUANTIZE), ``i8->f32`` (DEQUANTIZE), ``i8->i8`` (requantize)..."""
-    name = _op_name(m, op)
+    name = op_name(m, op)
     ins = [sg.tensors[i] for i in op.inputs if i >= 0 and not _is_const(m, sg.tensors[i])]
     src = _DT.get(ins[0].type, "?") if ins else "const"
     dst = _DT.get(sg.tensors[op.outputs[0]].type, "?")
@@ -89,7 +85,7 @@ def signature(m, sg, op) -> tuple:
     fused = getattr(opt, "fusedActivationFunction", 0) if opt is not None else 0
     extra = tuple(sorted((k, v) for k, v in (vars(opt).items() if opt is not None else [])
                          if isinstance(v, (int, float, bool))))
-    return (_op_name(m, op), tuple(t(i) for i in op.inputs), tuple(t(i) for i in op.outputs), fused, extra)
+    return (op_name(m, op), tuple(t(i) for i in op.inputs), tuple(t(i) for i in op.outputs), fused, extra)
 
 
 def extract_op(m, index: int) -> bytes:

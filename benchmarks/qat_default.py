@@ -30,20 +30,6 @@ import time
 import numpy as np
 
 
-def _labels_torch(model_dir: str, feeds: dict) -> np.ndarray:
-    import torch
-
-    from mobilebert_mobile.modeling.loading import load_task_model
-
-    model = load_task_model(model_dir, "classification")[0].eval()
-    out = []
-    with torch.no_grad():
-        for s in range(0, feeds["input_ids"].shape[0], 64):
-            x = {k: torch.from_numpy(np.asarray(v[s:s + 64])).long() for k, v in feeds.items()}
-            out.append(model(x["input_ids"], x["attention_mask"], x["token_type_ids"]).logits.argmax(-1).numpy())
-    return np.concatenate(out)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=float, default=1.0, help="QAT fine-tuning epochs")
@@ -62,6 +48,7 @@ def main(argv=None) -> int:
     from mobilebert_mobile._io import write_results
     from mobilebert_mobile._machine import describe, machine
     from mobilebert_mobile.distill import finetune
+    from mobilebert_mobile.distill.api import predict_logits
     from mobilebert_mobile.distill.data import LabelledData
     from mobilebert_mobile.tokenizer import Tokenizer
 
@@ -102,7 +89,7 @@ def main(argv=None) -> int:
                  ("QAT student", qat_model, ("int8", "int8-full"), True),
                  ("QAT student, calibrated ranges", qat_model, ("int8",), False)]
         for name, ckpt, precs, learned in plans:
-            float_labels = _labels_torch(ckpt, feeds)
+            float_labels = predict_logits(ckpt, texts, seq_len=128).argmax(-1).numpy()
             rows.append({"model": name, "precision": "float (PyTorch)", "accuracy": float(np.mean(float_labels == gold)),
                          "agreement": 1.0})
             got, p = convert_and_score(name, ckpt, precs, feeds, gold, float_labels, tmp, learned=learned, log=log)

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     from mobilebert_mobile.converters.tflite import run_tflite
     from mobilebert_mobile.distill import finetune
     from mobilebert_mobile.distill.data import LabelledData
-    from mobilebert_mobile.modeling.loading import load_task_model
+    from mobilebert_mobile.distill.api import predict_logits
     from mobilebert_mobile.tokenizer import Tokenizer
 
     from .host import build_checkpoint
@@ -60,10 +60,7 @@ def main(argv=None) -> int:
                       include_checkpoint=False, metadata=False)
         st = next(x for x in rep["stages"] if x.get("precision") == "int8")
         feeds = Tokenizer.from_file(os.path.join(s["model"], "vocab.txt"), max_length=128)(texts).model_inputs()
-        model = load_task_model(s["model"], "classification")[0].eval()
-        with torch.no_grad():
-            ref = torch.softmax(model(*(torch.from_numpy(feeds[k]).long() for k in
-                                        ("input_ids", "attention_mask", "token_type_ids"))).logits, -1).numpy()
+        ref = torch.softmax(predict_logits(s["model"], texts, seq_len=128), -1).numpy()
         got = run_tflite(os.path.join(tmp, "bundle", st["file"]), feeds)["probabilities"]
     cal, fb, inv = st["calibration"], st["fallback"], st["inventory"]
     row = {"preset": args.preset, "layers": args.layers, "qat_steps": args.steps, "qat_s": round(qat_s, 1),

@@ -264,6 +264,7 @@ def fold_nonorm_into_linear(g: Graph) -> int:
 
     return _rewrite_each(g, "Mul", one)
 
+
 def _vector_const(g: Graph, node, name: str) -> tuple[np.ndarray, str] | None:
     """(value, the other input) when ``node`` has a 1-D (or scalar) constant input besides ``name``."""
     if len(node.input) != 2 or name not in node.input:
@@ -333,13 +334,11 @@ def fold_nonorm_through_residuals(g: Graph, max_spread: float = 4.0) -> int:
             if c is None:
                 plans = None
                 break
-            if c.op_type == "MatMul" and c.input[0] == y and c.input[1] in g.consts and \
-                    g.consts[c.input[1]].ndim == 2 and g.consts[c.input[1]].shape[0] == width and \
-                    _single_consumer(cons, c.output[0]) and \
-                    _vector_const(g, cons[c.output[0]][0], c.output[0]) and \
-                    cons[c.output[0]][0].op_type == "Add":
-                plans.append(("linear", c, cons[c.output[0]][0]))
-                continue
+            if c.op_type == "MatMul" and c.input[0] == y and _single_consumer(cons, c.output[0]):
+                lin = _linear_of(g, cons[c.output[0]][0].output[0], prod, cons)
+                if lin is not None and lin[0] is c and g.consts[c.input[1]].shape[0] == width:
+                    plans.append(("linear", *lin))
+                    continue
             if c.op_type == "Add" and y in c.input and len(c.input) == 2 and c.input[0] != c.input[1]:
                 other = c.input[1] if c.input[0] == y else c.input[0]
                 lin = _linear_of(g, other, prod, cons)
@@ -381,6 +380,7 @@ def fold_nonorm_through_residuals(g: Graph, max_spread: float = 4.0) -> int:
         return True
 
     return _rewrite_each(g, "Mul", one)
+
 
 def fuse_gelu(g: Graph) -> int:
     """Replace the exporter's erf GELU, ``x * 0.5 * (1 + erf(x / sqrt 2))`` (Div or Mul, Erf, Add, Mul,
