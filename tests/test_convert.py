@@ -276,3 +276,23 @@ def test_fallback_walks_parts_until_the_target(tmp_path):
     assert {"ADD", "MUL"} <= set(fb["float_ops"]) and "FULLY_CONNECTED" not in fb["float_ops"]
     # everything in float: the model now computes what the float model computes
     assert s["max_rel_diff"] < 1e-3
+
+
+def test_checkpoint_saved_by_transformers_5_with_tokenizer_json_only(tmp_path, minilm_dir):
+    """transformers 5's save_pretrained writes tokenizer.json and no vocab.txt (a classifier fine-tuned
+    and saved by transformers, benchmarks/hf_classifier): convert takes its vocabulary from there."""
+    from mobilebert_mobile import Tokenizer, assets
+
+    ck = make_checkpoint(tmp_path / "ck", preset="mobilebert-tiny", layers=1)
+    doc = json.loads(open(os.path.join(minilm_dir, "tokenizer.json"), encoding="utf-8").read())
+    vocab = doc["model"]["vocab"]  # swap two ids, so this vocabulary differs from the default one
+    vocab["movie"], vocab["witty"] = vocab["witty"], vocab["movie"]
+    (ck / "tokenizer.json").write_text(json.dumps(doc), encoding="utf-8")
+    assert not (ck / "vocab.txt").exists()
+    r = convert(ck, tmp_path / "b", precisions=("fp32",), **FAST)
+    assert r["stages"][-1]["max_rel_diff"] < 1e-4
+    text = ["a gorgeous, witty, seductive movie."]
+    bundled = Tokenizer.from_file(tmp_path / "b" / "vocab.txt", max_length=SEQ)(text).model_inputs()["input_ids"]
+    own = Tokenizer.from_file(ck / "tokenizer.json", max_length=SEQ)(text).model_inputs()["input_ids"]
+    default = Tokenizer.from_file(assets.vocab_path(), max_length=SEQ)(text).model_inputs()["input_ids"]
+    assert (bundled == own).all() and not (bundled == default).all()
