@@ -246,12 +246,13 @@ def build(out_dir: str | None = None, *, distill_steps: int = 180, strategy: str
 
     from .distill.api import distill, evaluate, finetune
     from .distill.data import LabelledData
+    from .distill.qat import POINTS_VERSION
 
     out_dir = out_dir or assets.cache_dir("default-model", VERSION)
     record_path = os.path.join(out_dir, "default-model.json")
     settings = dict(distill_steps=distill_steps, strategy=strategy, finetune_epochs=finetune_epochs,
                     qat_epochs=qat_epochs, seq_len=seq_len, batch_size=batch_size, imdb=imdb, qk_init=qk_init,
-                    keep_attention=keep_attention)
+                    keep_attention=keep_attention, qat_points=POINTS_VERSION if qat_epochs else None)
     if os.path.isfile(record_path):
         with open(record_path, encoding="utf-8") as fh:
             rec = json.load(fh)

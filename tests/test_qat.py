@@ -54,6 +54,44 @@ def test_points_follow_the_converted_graph():
     assert layer + "output.bottleneck.LayerNorm:in" in pts and "classifier:out" in pts
     gelu = MobileBertConfig.from_preset("mobilebert", num_hidden_layers=1, hidden_act="gelu").with_labels(["a", "b"])
     assert layer + "intermediate.dense:out" in activation_points(MobileBertForSequenceClassification(gelu))
+    # a NoNorm on a residual sum stays an int8 MUL then an int8 ADD: its product is a point of its own
+    assert layer + "ffn.0.output.LayerNorm:mul" in pts and layer + "output.bottleneck.LayerNorm:mul" in pts
+    assert layer + "bottleneck.input.LayerNorm:mul" not in pts  # folded into its Linear: no MUL
+    ln = MobileBertConfig.from_preset("mobilebert", num_hidden_layers=1, normalization_type="layer_norm")
+    assert not [p for p in activation_points(MobileBertForSequenceClassification(ln.with_labels(["a", "b"])))
+                if p.endswith(":mul")]
+
+
+def test_nonorm_product_is_fake_quantized_before_beta():
+    from torch import nn
+
+    from mobilebert_mobile.distill.qat import point_activations
+    from mobilebert_mobile.modeling.layers import NoNorm
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = NoNorm(8)
+
+        def forward(self, x):
+            return self.norm(x)
+
+    net = Net()
+    with torch.no_grad():
+        net.norm.weight.copy_(torch.linspace(0.05, 3.0, 8))
+        net.norm.bias.copy_(torch.linspace(-1.0, 1.0, 8) * 0.37)
+    x = torch.randn(4, 16, 8)
+    q = QAT(net, points=["norm:mul"], observe_steps=0)
+    net.train()
+    y = net(x)
+    fq = q.observers["norm:mul"]
+    scale, zero = tflite_qparams(fq.lo, fq.hi)
+    grid = (y - net.norm.bias) / scale + zero  # beta added after the product's rounding
+    assert torch.allclose(grid, torch.round(grid), atol=1e-3)
+    assert not torch.allclose(y, x * net.norm.weight + net.norm.bias, atol=float(scale) / 10)
+    q.remove()
+    acts = point_activations(net, ["norm:mul"], {"x": x})
+    torch.testing.assert_close(acts["norm:mul"], x * net.norm.weight)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +157,8 @@ def test_learned_ranges_reach_the_quantized_tflite(qat_checkpoint, tmp_path):
     # another) share its scale, the union of their ranges. Everything after attention is exact.
     assert len(missing) <= 0.2 * len(matched), missing
     assert not [p for p in missing if ".ffn." in p or ".output." in p or p == "classifier:out"], missing
+    # the NoNorm products (an int8 MUL's output in the graph) carry their learned ranges too
+    assert [p for p in matched if p.endswith(":mul")] and not [p for p in missing if p.endswith(":mul")], missing
     assert cal["tensors_propagated"] > 0  # the fused outputs and the context before its transpose
     # the queries carry the folded attention scale 1/sqrt(head size): matched with that factor
     assert not [p for p in cal["unmatched"] if p.endswith("query:out")] and cal["tensors_scaled"] >= 2

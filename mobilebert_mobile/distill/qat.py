@@ -17,7 +17,9 @@ module's input and ``<path>:out`` for its output):
 * ``<linear>:out`` for every Linear, except where the converter leaves no tensor there: a Linear
   followed directly by a NoNorm (folded into the Linear) and a Linear followed by ReLU / ReLU6
   (fused into FULLY_CONNECTED); for those, the point is after the norm / activation;
-* ``<norm>:out`` for every norm, and ``<norm>:in`` where a residual sum enters it;
+* ``<norm>:out`` for every norm, and ``<norm>:in`` where a residual sum enters it; for a NoNorm
+  there also ``<norm>:mul``, its product ``x * gamma`` before beta is added: the converter leaves
+  such a NoNorm as an int8 MUL and an int8 ADD, and the product is rounded to int8 between them;
 * ``<attention output dense>:in``: the attention context, where the float attention island
   (BATCH_MATMUL, SOFTMAX) hands back to int8.
 
@@ -42,6 +44,9 @@ from torch.nn.utils import parametrize
 from .._io import atomic_write_text, read_json_bounded
 from ..errors import InputError
 
+# Which activation points QAT simulates (a model trained with another set is stale for the demo's cache):
+# 1 - linear, norm and attention-context points; 2 - also the product of each residual NoNorm.
+POINTS_VERSION = 2
 RANGES_FILE = "qat_ranges.json"
 RANGES_FORMAT = "mobilebert-mobile.qat-ranges/1"
 MAX_RANGES_BYTES = 16 << 20
@@ -127,6 +132,8 @@ def activation_points(model: nn.Module) -> list[str]:
             points.append(f"{pre}dense:in")
         if isinstance(m, residual_norm) and hasattr(m, "LayerNorm"):
             points.append(f"{pre}LayerNorm:in")
+            if _is_nonorm(m.LayerNorm):
+                points.append(f"{pre}LayerNorm:mul")
     for name, m in mods.items():
         if isinstance(m, nn.Linear) and name not in skip:
             points.append(f"{name}:out")
@@ -134,7 +141,8 @@ def activation_points(model: nn.Module) -> list[str]:
             points.append(f"{name}:out")
     seen, ordered = set(), []
     index = {n: i for i, n in enumerate(mods)}
-    for p in sorted(points, key=lambda p: (index[p.rsplit(":", 1)[0]], p.endswith(":out"))):
+    where = {"in": 0, "mul": 1, "out": 2}
+    for p in sorted(points, key=lambda p: (index[p.rsplit(":", 1)[0]], where[p.rsplit(":", 1)[1]])):
         if p not in seen:
             seen.add(p)
             ordered.append(p)
@@ -164,6 +172,9 @@ class QAT:
             mod, fq = mods[name], self.observers[_key(p)]
             if where == "out":
                 self.handles.append(mod.register_forward_hook(lambda _m, _i, out, fq=fq: fq(out)))
+            elif where == "mul":  # a NoNorm as the converter leaves it: int8 MUL, then int8 ADD
+                self.handles.append(mod.register_forward_hook(
+                    lambda m, args, _out, fq=fq: fq(args[0] * m.weight) + m.bias))
             else:
                 self.handles.append(mod.register_forward_pre_hook(
                     lambda _m, args, fq=fq: (fq(args[0]),) + tuple(args[1:])))
@@ -228,8 +239,11 @@ def point_activations(model: nn.Module, points, feeds: dict) -> dict[str, torch.
             elif where == "in":
                 handles.append(mods[name].register_forward_pre_hook(
                     lambda _m, args, p=p: acts.__setitem__(p, args[0].detach().clone())))
+            elif where == "mul" and _is_nonorm(mods[name]):
+                handles.append(mods[name].register_forward_hook(
+                    lambda m, args, _out, p=p: acts.__setitem__(p, (args[0] * m.weight).detach().clone())))
             else:
-                raise QatError(f"bad QAT point {p!r} (expected <module>:in or <module>:out)")
+                raise QatError(f"bad QAT point {p!r} (expected <module>:in, <module>:out or <NoNorm>:mul)")
         model.eval()
         model(**feeds)
     finally:
