@@ -411,11 +411,18 @@ def test_default_model_cache_reuses_only_complete_records(tmp_path, monkeypatch)
         raise Rebuilt
 
     monkeypatch.setattr(api, "distill", no_training)
+    from mobilebert_mobile.distill.qat import POINTS_VERSION
+
     settings = dict(distill_steps=180, strategy="progressive", finetune_epochs=1.0, qat_epochs=0.5, seq_len=64,
-                    batch_size=32, imdb=1500, qk_init="random", keep_attention=True)
+                    batch_size=32, imdb=1500, qk_init="random", keep_attention=True, qat_points=POINTS_VERSION)
     rec = {k: 1 for k in default_model.RECORD_KEYS} | {"model": str(tmp_path), "settings": settings}
     (tmp_path / "default-model.json").write_text(json.dumps(rec))
     assert default_model.build(str(tmp_path), say=lambda *a: None)["cached"] is True
+    # a model whose QAT simulated another set of points is stale
+    old = rec | {"settings": settings | {"qat_points": POINTS_VERSION - 1}}
+    (tmp_path / "default-model.json").write_text(json.dumps(old))
+    with pytest.raises(Rebuilt):
+        default_model.build(str(tmp_path), say=lambda *a: None)
     del rec["student_parameters"]  # a record of an older version
     (tmp_path / "default-model.json").write_text(json.dumps(rec))
     with pytest.raises(Rebuilt):
