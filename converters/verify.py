@@ -10,6 +10,13 @@ from mobilebert_mobile.tasks import TASKS as _SPECS
 DEFAULT_TARGETS = {t: s.default_target for t, s in _SPECS.items()}
 TARGET_METRIC = {t: s.metric for t, s in _SPECS.items()}
 
+# A held-out text whose float top-two class probabilities are closer than this is a near-tie: int8's
+# probability error (max abs 0.03-0.045 on real classifiers) decides its label either way. Measured:
+# the transformers-made classifier's pure int8 flipped 2 of the conversion's 100 texts, float
+# p = 0.4994 and 0.499, and 1 of the 1,000 held-out sentences; that missed the 0.99 label target and
+# sent the conversion into the float fallback. Near-ties are counted and reported, not gated on.
+TIE_MARGIN = 0.02
+
 
 def compare(task: str, out: dict[str, np.ndarray], ref: dict[str, np.ndarray],
             mask: np.ndarray | None = None) -> dict:
@@ -28,7 +35,16 @@ def compare(task: str, out: dict[str, np.ndarray], ref: dict[str, np.ndarray],
     res["max_rel_diff"] = max_abs / scale if scale else 0.0
     if task == "classification":
         k = "probabilities" if "probabilities" in ref else "logits"
-        res["label_agreement"] = float(np.mean(out[k].argmax(-1) == ref[k].argmax(-1)))
+        agree = out[k].argmax(-1) == ref[k].argmax(-1)
+        p = ref[k].astype(np.float64)
+        if k == "logits":
+            p = np.exp(p - p.max(-1, keepdims=True))
+            p /= p.sum(-1, keepdims=True)
+        top2 = np.sort(p, -1)[..., -2:] if p.shape[-1] > 1 else np.concatenate([np.zeros_like(p), p], -1)
+        decided = (top2[..., 1] - top2[..., 0]) >= TIE_MARGIN
+        res["label_agreement"] = float(np.mean(agree))
+        res["near_ties"] = int(np.sum(~decided))
+        res["decided_label_agreement"] = float(np.mean(agree[decided])) if decided.any() else res["label_agreement"]
     elif task == "embedding":
         a, b = out["embedding"].astype(np.float64), ref["embedding"].astype(np.float64)
         cos = np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)

@@ -109,7 +109,9 @@ def _demo_convert_and_predict(ckpt: str, sentences, torch_probs, cfg, args, say)
         if st["stage"].startswith("tflite"):
             out["tflite"][st["precision"]] = {
                 "size_mb": st["size_mb"], "max_abs_diff_vs_torch": st["max_abs_diff"],
-                "label_agreement": st.get("label_agreement"), "xnnpack_partitions": st["xnnpack"].get("partitions"),
+                "label_agreement": st.get("label_agreement"), "near_ties": st.get("near_ties"),
+                "decided_label_agreement": st.get("decided_label_agreement"),
+                "xnnpack_partitions": st["xnnpack"].get("partitions"),
                 "latency_ms_2threads": st["latency_ms_median_2threads"]}
             say(f"  {st['precision']:>12}: {st['size_mb']:6.1f} MB, max |diff| vs PyTorch {st['max_abs_diff']:.2g}, "
                 f"label agreement {st.get('label_agreement', 0):.3f}, {st['xnnpack'].get('partitions')} XNNPACK "
@@ -155,7 +157,8 @@ def _demo_default_model(args) -> int:
     for st in rep["stages"]:
         if st["stage"].startswith("tflite"):
             report["tflite"][st["precision"]] = {k: st.get(k) for k in (
-                "size_mb", "label_agreement", "latency_ms_median_2threads", "max_abs_diff")}
+                "size_mb", "label_agreement", "near_ties", "decided_label_agreement", "latency_ms_median_2threads",
+                "max_abs_diff")}
             say(f"[host] {st['precision']:>12}: {st['size_mb']:.1f} MB, label agreement with float "
                 f"{st.get('label_agreement', 0):.3f}, {st['latency_ms_median_2threads']:.2f} ms median "
                 f"(seq {args.seq_len}, 2 threads, LiteRT/XNNPACK)")

@@ -296,3 +296,23 @@ def test_checkpoint_saved_by_transformers_5_with_tokenizer_json_only(tmp_path, m
     own = Tokenizer.from_file(ck / "tokenizer.json", max_length=SEQ)(text).model_inputs()["input_ids"]
     default = Tokenizer.from_file(assets.vocab_path(), max_length=SEQ)(text).model_inputs()["input_ids"]
     assert (bundled == own).all() and not (bundled == default).all()
+
+
+def test_label_gate_counts_near_ties_apart():
+    """A flip where the float model's top two probabilities are within verify.TIE_MARGIN is a near-tie
+    (reported, not gated on); a flip of a decided text fails the gate, from probabilities or logits."""
+    from mobilebert_mobile.converters import verify
+
+    ref = np.array([[0.9, 0.1], [0.4994, 0.5006], [0.2, 0.8], [0.7, 0.3]])
+    tie_flip = ref.copy()
+    tie_flip[1] = [0.507, 0.493]  # the measured case: float p = 0.4994, int8 0.507
+    m = verify.compare("classification", {"probabilities": tie_flip}, {"probabilities": ref})
+    assert m["label_agreement"] == 0.75 and m["near_ties"] == 1 and m["decided_label_agreement"] == 1.0
+    assert verify.score("classification", m) == 1.0
+    real_flip = ref.copy()
+    real_flip[3] = [0.45, 0.55]
+    m = verify.compare("classification", {"probabilities": real_flip}, {"probabilities": ref})
+    assert m["decided_label_agreement"] == pytest.approx(2 / 3) and verify.score("classification", m) < 0.99
+    logits = np.log(ref)
+    m = verify.compare("classification", {"logits": np.log(tie_flip)}, {"logits": logits})
+    assert m["near_ties"] == 1 and m["decided_label_agreement"] == 1.0
