@@ -178,13 +178,19 @@ def convert(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, optio
     bundle.remove_stale_work_dirs(out)
     job.tmp = tempfile.mkdtemp(prefix=bundle.work_dir_prefix(out), dir=os.path.dirname(out))
     try:
-        opt = _onnx_stages(job)
-        fn = _tensorflow_stage(job, opt)
+        graphs = _onnx_stages(job)
+        fns, lowered = {}, {}
+        for kind, g in graphs.items():  # each distinct graph lowered once
+            if id(g) not in lowered:
+                lowered[id(g)] = _tensorflow_stage(job, g, f"tensorflow ({kind} graph)" if lowered else "tensorflow")
+            fns[kind] = lowered[id(g)]
         models = {}
         for prec in opts.precisions:
             job.pr.stage(f"TFLite {prec}")
             t = time.perf_counter()
-            entry = _tflite_stage(job, prec, fn, opt)
+            kind = _graph_kind(prec)
+            entry = _tflite_stage(job, prec, fns[kind], graphs[kind])
+            entry["graph"] = kind
             entry["time_s"] = round(time.perf_counter() - t, 2)
             job.report["stages"].append(entry)
             models[prec] = entry
@@ -290,12 +296,25 @@ def _reference(job: _Job) -> None:
                   "versions": _versions(), "machine": machine(), "stages": [], "passes": []}
 
 
-def _onnx_stages(job: _Job):
-    """Export to ONNX, run the graph passes (each verified), save model.onnx with our metadata."""
+STATIC_INT8 = ("int8", "int8-full")
+
+
+def _graph_kind(precision: str) -> str:
+    return "static-int8" if precision in STATIC_INT8 else "float"
+
+
+def _onnx_stages(job: _Job) -> dict:
+    """Export to ONNX, run the graph passes (each verified), save model.onnx with our metadata.
+
+    Returns the optimised graph per kind of precision, ``{"static-int8": g, "float": g}`` (one or
+    both): static int8 keeps the residual-stream NoNorms (``passes_for``), the float precisions
+    (fp32, fp16, dynamic-int8, int16x8) take the fold through the residuals on top of that graph.
+    model.onnx is the float graph."""
     import onnx
 
     from .export import export_onnx
-    from .onnx_passes import make_fuse_siblings_pass, op_counts, passes_for, run_onnx, run_passes
+    from .onnx_passes import (fold_nonorm_through_residuals, make_fuse_siblings_pass, op_counts, passes_for,
+                              run_onnx, run_passes)
 
     o, pr = job.opts, job.pr
     pr.stage("exporting to ONNX (torch.onnx.export, opset 18)")
@@ -308,7 +327,8 @@ def _onnx_stages(job: _Job):
     pr.stage("graph passes on ONNX (each verified with onnxruntime)")
     t = time.perf_counter()
     sub = {k: v[:16] for k, v in job.held_feeds.items()}
-    static_int8 = any(p in ("int8", "int8-full") for p in o.precisions)
+    static_int8 = any(p in STATIC_INT8 for p in o.precisions)
+    float_too = any(p not in STATIC_INT8 for p in o.precisions)
     passes, fuse_info = passes_for(static_int8=static_int8, learned_ranges=job.learned is not None), {}
     if static_int8:  # static int8: fuse only like magnitudes
         cal16 = {k: v[:16] for k, v in job.calib_feeds.items()}
@@ -319,23 +339,40 @@ def _onnx_stages(job: _Job):
     if fuse_info:
         job.report["sibling_fusion"] = fuse_info
     m = job.check("onnx (optimised)", run_onnx(opt, job.held_feeds), FLOAT_TOLERANCE["fp32"])
-    _onnx_metadata(job, opt)
+    entry = {"stage": "onnx (optimised)", **m, "ops": op_counts(opt)}
+    job.report["stages"].append(entry)
+    graphs = {"static-int8": opt} if static_int8 else {"float": opt}
+    if static_int8 and float_too and not any(r.name == "fold_nonorm_through_residuals" for r in results):
+        pr.note("pass fold_nonorm_through_residuals (float precisions)")
+        t2 = time.perf_counter()
+        fopt, fres = run_passes(opt, sub, passes=[("fold_nonorm_through_residuals", fold_nonorm_through_residuals)])
+        job.report["float_passes"] = [r.__dict__ for r in fres]
+        if fres[0].rewrites:
+            m = job.check("onnx (float graph)", run_onnx(fopt, job.held_feeds), FLOAT_TOLERANCE["fp32"])
+            job.report["stages"].append({"stage": "onnx (float graph)", **m, "ops": op_counts(fopt),
+                                         "time_s": round(time.perf_counter() - t2, 2)})
+            graphs["float"] = fopt
+        else:
+            graphs["float"] = opt
+    elif float_too:
+        graphs["float"] = opt
+    out_graph = graphs.get("float", opt)
+    _onnx_metadata(job, out_graph)
     onnx_path = os.path.join(job.tmp, "model.onnx")
-    onnx.save(opt, onnx_path)
-    job.report["stages"].append({"stage": "onnx (optimised)", **m, "ops": op_counts(opt),
-                                 "size_mb": _mb(onnx_path), "time_s": round(time.perf_counter() - t, 2)})
-    return opt
+    onnx.save(out_graph, onnx_path)
+    entry.update({"size_mb": _mb(onnx_path), "time_s": round(time.perf_counter() - t, 2)})
+    return graphs
 
 
-def _tensorflow_stage(job: _Job, opt):
+def _tensorflow_stage(job: _Job, opt, stage: str = "tensorflow"):
     from .onnx_to_tf import Lowering
     from .tflite import concrete_function
 
     job.pr.stage("lowering ONNX to TensorFlow")
     t = time.perf_counter()
     fn = concrete_function(Lowering(opt), job.opts.batch_size, job.opts.seq_len, job.outputs)
-    m = job.check("tensorflow", _run_tf(fn, job.held_feeds, job.opts.batch_size), FLOAT_TOLERANCE["fp32"])
-    job.report["stages"].append({"stage": "tensorflow", **m, "time_s": round(time.perf_counter() - t, 2)})
+    m = job.check(stage, _run_tf(fn, job.held_feeds, job.opts.batch_size), FLOAT_TOLERANCE["fp32"])
+    job.report["stages"].append({"stage": stage, **m, "time_s": round(time.perf_counter() - t, 2)})
     return fn
 
 

@@ -40,8 +40,11 @@ def test_bundle_files_and_hashes(clf_bundle):
 def test_every_stage_verified_and_reported(clf_bundle):
     _, r = clf_bundle
     stages = {s["stage"]: s for s in r["stages"]}
-    assert list(stages)[:3] == ["onnx (exported)", "onnx (optimised)", "tensorflow"]
-    for name in ("onnx (exported)", "onnx (optimised)", "tensorflow", "tflite fp32"):
+    # static int8 and the float precisions each get their own graph (the float one folds the residual NoNorms)
+    assert list(stages)[:5] == ["onnx (exported)", "onnx (optimised)", "onnx (float graph)", "tensorflow",
+                                "tensorflow (float graph)"]
+    for name in ("onnx (exported)", "onnx (optimised)", "onnx (float graph)", "tensorflow",
+                 "tensorflow (float graph)", "tflite fp32"):
         assert stages[name]["max_rel_diff"] < 1e-4, name
     assert stages["tflite fp16"]["max_rel_diff"] < 2e-2
     for prec in ("fp32", "fp16", "dynamic-int8", "int8"):
@@ -63,8 +66,13 @@ def test_every_stage_verified_and_reported(clf_bundle):
     assert stages["tflite int8"]["fallback"]["float_ops"] == ["BATCH_MATMUL", "SOFTMAX"]
     assert [p["name"] for p in r["passes"]][:4] == ["remove_noops", "fold_constants", "set_mask_value",
                                                     "fold_nonorm_into_linear"]
-    # static int8 keeps the residual sums as they are (per-channel rescaled sums cost int8 accuracy)
+    # static int8 keeps the residual sums as they are (per-channel rescaled sums cost int8 accuracy); the
+    # float precisions read a graph with them folded: fewer ops
     assert "fold_nonorm_through_residuals" not in [p["name"] for p in r["passes"]]
+    assert r["float_passes"][0]["name"] == "fold_nonorm_through_residuals" and r["float_passes"][0]["rewrites"] >= 1
+    assert {p: stages[f"tflite {p}"]["graph"] for p in ("fp32", "dynamic-int8", "int8")} == {
+        "fp32": "float", "dynamic-int8": "float", "int8": "static-int8"}
+    assert stages["onnx (float graph)"]["ops"]["Mul"] < stages["onnx (optimised)"]["ops"]["Mul"]
     assert r["versions"]["tensorflow"] and r["machine"]["cores"]
 
 
