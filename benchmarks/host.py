@@ -304,10 +304,42 @@ def charts(res: dict, out_dir: str) -> list[str]:
     return files
 
 
-# ------------------------------------------------------------------------ scaling
-def scaling(checkpoint: str, work: str, seq_lens, batches, base_seq: int, precisions, runs: int, log) -> dict:
+def _converter_fingerprint(args: dict) -> str:
+    """sha256 over the source of the converter and the model code it exports, and the conversion's
+    arguments: a bundle left in OUT/work by other code or other arguments is stale."""
+    import hashlib
+    from importlib import resources
+
+    h = hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode())
+    for pkg in ("mobilebert_mobile.converters", "mobilebert_mobile.modeling"):
+        for f in sorted((f for f in resources.files(pkg).iterdir() if f.name.endswith(".py")), key=lambda f: f.name):
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def convert_reusing(checkpoint: str, out: str, log=lambda m: None, **kwargs) -> None:
+    """``converters.convert(checkpoint, out, **kwargs)``, unless ``out`` already holds a bundle made by the
+    same converter code with the same arguments (``out`` + ``.source`` records it): reruns of a benchmark
+    skip the conversion, a converter change never measures old models."""
+    from mobilebert_mobile._io import atomic_write_text
     from mobilebert_mobile.converters import convert
 
+    key = _converter_fingerprint({"checkpoint": os.path.abspath(checkpoint), **kwargs})
+    stamp = out.rstrip(os.sep) + ".source"
+    if os.path.isfile(os.path.join(out, "bundle.json")) and os.path.isfile(stamp):
+        with open(stamp, encoding="utf-8") as fh:
+            if fh.read().strip() == key:
+                log(f"reusing {out} (same converter code and arguments)")
+                return
+    if os.path.exists(out):
+        log(f"{out} was made by other converter code or arguments: converting again")
+        shutil.rmtree(out)
+    convert(checkpoint, out, **kwargs)
+    atomic_write_text(stamp, key + "\n")
+
+
+# ------------------------------------------------------------------------ scaling
+def scaling(checkpoint: str, work: str, seq_lens, batches, base_seq: int, precisions, runs: int, log) -> dict:
     from .variants import _tflite_runner
 
     rows = []
@@ -315,9 +347,8 @@ def scaling(checkpoint: str, work: str, seq_lens, batches, base_seq: int, precis
     for seq, batch in shapes:
         d = os.path.join(work, f"scaling_s{seq}_b{batch}")
         try:
-            if not os.path.isfile(os.path.join(d, "bundle.json")):
-                convert(checkpoint, d, precisions=tuple(precisions), seq_len=seq, batch_size=batch,
-                        calibration_size=16, heldout_size=8, include_checkpoint=False, metadata=False, quiet=True)
+            convert_reusing(checkpoint, d, precisions=tuple(precisions), seq_len=seq, batch_size=batch,
+                            calibration_size=16, heldout_size=8, include_checkpoint=False, metadata=False, quiet=True)
             row = {"seq_len": seq, "batch": batch}
             for prec in precisions:
                 run, _ = _tflite_runner({"path": os.path.join(d, f"model_{prec}.tflite")}, 2)
@@ -345,7 +376,6 @@ def run(*, checkpoint: str | None = None, preset: str = "mobilebert", layers: in
         quick: bool = False, command: str = "", log=print, peers_venv: str | None = None) -> dict:
     from mobilebert_mobile import assets
     from mobilebert_mobile.config import MobileBertConfig
-    from mobilebert_mobile.converters import convert
     from mobilebert_mobile.converters.pipeline import _versions, machine
     from mobilebert_mobile.tokenizer import Tokenizer
 
@@ -366,10 +396,9 @@ def run(*, checkpoint: str | None = None, preset: str = "mobilebert", layers: in
 
     log("converting with our converter (every precision, verified)")
     bundle = os.path.join(work, "bundle")
-    if not os.path.isfile(os.path.join(bundle, "bundle.json")):
-        convert(checkpoint, bundle, precisions=tuple(precisions), seq_len=seq_len, batch_size=batch,
-                calibration_size=32 if quick else 100, heldout_size=16 if quick else 100, include_checkpoint=False,
-                metadata=False, quiet=True)
+    convert_reusing(checkpoint, bundle, log, precisions=tuple(precisions), seq_len=seq_len, batch_size=batch,
+                    calibration_size=32 if quick else 100, heldout_size=16 if quick else 100,
+                    include_checkpoint=False, metadata=False, quiet=True)
     with open(os.path.join(bundle, "report.json"), encoding="utf-8") as fh:
         conv_report = json.load(fh)
 

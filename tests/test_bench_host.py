@@ -73,3 +73,29 @@ def test_missing_peer_and_crashing_variant_are_reported(tmp_path):
                                 log=lambda m: None)
     assert res["missing"] == {"status": "skipped", "reason": "peer not installed"}
     assert res["broken"]["status"] in ("skipped", "crashed") and res["broken"]["reason"]
+
+
+def test_work_bundle_is_reused_only_when_made_by_the_same_converter(tmp_path, monkeypatch):
+    """bench-host keeps converted models in OUT/work for reruns; a bundle made by other converter code
+    (its .source stamp differs) or with other arguments is converted again, never measured."""
+    import mobilebert_mobile.converters as conv
+    from mobilebert_mobile.benchmarks import host
+
+    calls = []
+
+    def fake_convert(ckpt, out, **kw):
+        calls.append(kw)
+        os.makedirs(out)
+        (tmp_path / "b" / "bundle.json").write_text("{}")
+        (tmp_path / "b" / "model.tflite").write_text(str(len(calls)))
+
+    monkeypatch.setattr(conv, "convert", fake_convert)
+    ck, out = str(tmp_path / "ck"), str(tmp_path / "b")
+    host.convert_reusing(ck, out, seq_len=128)
+    host.convert_reusing(ck, out, seq_len=128)
+    assert len(calls) == 1  # same code, same arguments: reused
+    host.convert_reusing(ck, out, seq_len=64)
+    assert len(calls) == 2 and (tmp_path / "b" / "model.tflite").read_text() == "2"
+    (tmp_path / "b.source").write_text("made by another version of the converter\n")
+    host.convert_reusing(ck, out, seq_len=64)
+    assert len(calls) == 3
