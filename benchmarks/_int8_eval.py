@@ -19,14 +19,18 @@ def labels_tflite(path: str, feeds: dict) -> np.ndarray:
     return out["probabilities" if "probabilities" in out else "logits"].argmax(-1)
 
 
-def convert_and_score(name: str, ckpt: str, precisions, feeds: dict, gold: np.ndarray, float_labels: np.ndarray,
+def convert_and_score(name: str, ckpt: str, precisions, feeds: dict, gold: np.ndarray, float_probs: np.ndarray,
                       work: str, *, learned: bool = False, log=print) -> tuple[list[dict], dict]:
     """Convert ``ckpt`` at ``precisions`` (seq 128, batch 1, as the bundle) and score each model.
 
-    Returns (rows, paths): one row per precision (accuracy, agreement with ``float_labels``, the
-    ranges used, what was kept float besides attention) and the .tflite paths, copied into ``work``
+    ``float_probs`` are the float model's class probabilities on ``feeds``. Returns (rows, paths): one
+    row per precision (accuracy, label agreement with the float model over all texts and over those
+    that are not near-ties, ``verify.TIE_MARGIN``), the ranges used, what was kept float besides attention) and the .tflite paths, copied into ``work``
     under a name of their own so they outlive the conversion folder."""
     from mobilebert_mobile.converters.pipeline import convert
+    from mobilebert_mobile.converters.verify import decided_texts
+
+    float_labels, decided = float_probs.argmax(-1), decided_texts(float_probs)
 
     slug = "".join(c if c.isalnum() else "_" for c in name)
     bdir = os.path.join(work, slug)
@@ -46,6 +50,8 @@ def convert_and_score(name: str, ckpt: str, precisions, feeds: dict, gold: np.nd
         fb = st.get("fallback") or {}
         row = {"model": name, "precision": prec, "accuracy": float(np.mean(labels == gold)),
                "agreement": float(np.mean(labels == float_labels)),
+               "decided_agreement": float(np.mean((labels == float_labels)[decided])),
+               "near_ties": int(np.sum(~decided)),
                "ranges": cal.get("source", cal.get("chosen", "")) if prec.startswith("int8") else "",
                "points_matched": cal.get("points_matched"), "points": cal.get("points"),
                "float_fallback": [o for o in fb.get("float_ops", []) if o not in ATTENTION_FLOAT]
@@ -72,15 +78,16 @@ def time_interleaved(paths: dict, runs: int, rounds: int = 3, threads: int = 2) 
 
 
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| model | precision | accuracy | agreement with own float | int8 ranges | float fallback | "
-             "XNNPACK partitions | median ms |", "|---|---|---:|---:|---|---|---:|---:|"]
+    lines = ["| model | precision | accuracy | agreement with own float | off near-ties (ties) | int8 ranges | "
+             "float fallback | XNNPACK partitions | median ms |", "|---|---|---:|---:|---:|---|---|---:|---:|"]
     for r in rows:
         ms = f"{r['median_ms']:.2f}" if r.get("median_ms") else "-"
         rg = r.get("ranges") or "-"
         if r.get("points"):
             rg += f" ({r['points_matched']}/{r['points']} points)"
         fb = "-" if r["precision"].startswith("float") else (", ".join(r.get("float_fallback") or []) or "none")
-        lines.append(f"| {r['model']} | {r['precision']} | {r['accuracy']:.4f} | {r['agreement']:.4f} | {rg} | "
+        ties = f"{r['decided_agreement']:.4f} ({r['near_ties']})" if "decided_agreement" in r else "-"
+        lines.append(f"| {r['model']} | {r['precision']} | {r['accuracy']:.4f} | {r['agreement']:.4f} | {ties} | {rg} | "
                      f"{fb} | {r.get('xnnpack_partitions') if r.get('xnnpack_partitions') is not None else '-'} "
                      f"| {ms} |")
     return lines

@@ -74,7 +74,8 @@ def _hf_finetune(base: str, out: str, train: list, *, epochs: float, lr: float, 
     return time.time() - t0
 
 
-def _hf_labels(model_dir: str, texts: list[str]) -> np.ndarray:
+def _hf_probs(model_dir: str, texts: list[str]) -> np.ndarray:
+    """transformers' own class probabilities (its tokenizer, its model), seq 128."""
     import torch
     from transformers import AutoTokenizer, MobileBertForSequenceClassification
 
@@ -84,7 +85,7 @@ def _hf_labels(model_dir: str, texts: list[str]) -> np.ndarray:
     with torch.no_grad():
         for s in range(0, len(texts), 64):
             enc = tok(texts[s:s + 64], padding="max_length", truncation=True, max_length=128, return_tensors="pt")
-            out.append(model(**enc).logits.argmax(-1).numpy())
+            out.append(torch.softmax(model(**enc).logits, -1).numpy())
     return np.concatenate(out)
 
 
@@ -138,13 +139,14 @@ def main(argv=None) -> int:
             json.dump({"settings": settings, "seconds": round(secs, 1)}, fh)
     hrec = json.load(open(rec_path))
     texts, gold = [t for t, _ in test], np.array([y for _, y in test])
-    float_labels = _hf_labels(model_dir, texts)
+    float_probs = _hf_probs(model_dir, texts)
+    float_labels = float_probs.argmax(-1)
     # transformers 5 saves tokenizer.json, no vocab.txt
     feeds = Tokenizer.from_file(model_dir, max_length=128)(texts).model_inputs()
     rows = [{"model": "transformers fine-tuned", "precision": "float (transformers)",
              "accuracy": float(np.mean(float_labels == gold)), "agreement": 1.0}]
     with tempfile.TemporaryDirectory() as tmp:
-        got, paths = convert_and_score("transformers fine-tuned", model_dir, precisions, feeds, gold, float_labels,
+        got, paths = convert_and_score("transformers fine-tuned", model_dir, precisions, feeds, gold, float_probs,
                                        tmp, log=log)
         rows += got
         lat = time_interleaved(paths, args.runs)

@@ -89,10 +89,11 @@ def main(argv=None) -> int:
                  ("QAT student", qat_model, ("int8", "int8-full"), True),
                  ("QAT student, calibrated ranges", qat_model, ("int8",), False)]
         for name, ckpt, precs, learned in plans:
-            float_labels = predict_logits(ckpt, texts, seq_len=128).argmax(-1).numpy()
+            float_probs = torch.softmax(predict_logits(ckpt, texts, seq_len=128), -1).numpy()
+            float_labels = float_probs.argmax(-1)
             rows.append({"model": name, "precision": "float (PyTorch)", "accuracy": float(np.mean(float_labels == gold)),
                          "agreement": 1.0})
-            got, p = convert_and_score(name, ckpt, precs, feeds, gold, float_labels, tmp, learned=learned, log=log)
+            got, p = convert_and_score(name, ckpt, precs, feeds, gold, float_probs, tmp, learned=learned, log=log)
             rows += got
             paths.update(p)
         lat = time_interleaved(paths, args.runs)

@@ -18,6 +18,15 @@ TARGET_METRIC = {t: s.metric for t, s in _SPECS.items()}
 TIE_MARGIN = 0.02
 
 
+def decided_texts(probabilities: np.ndarray) -> np.ndarray:
+    """True for each row whose top two class probabilities differ by at least TIE_MARGIN."""
+    p = np.asarray(probabilities, np.float64)
+    if p.shape[-1] < 2:
+        return np.ones(p.shape[:-1], bool)
+    top2 = np.sort(p, -1)[..., -2:]
+    return (top2[..., 1] - top2[..., 0]) >= TIE_MARGIN
+
+
 def compare(task: str, out: dict[str, np.ndarray], ref: dict[str, np.ndarray],
             mask: np.ndarray | None = None) -> dict:
     """Max abs/rel difference over every output, and the task's agreement metric."""
@@ -40,8 +49,7 @@ def compare(task: str, out: dict[str, np.ndarray], ref: dict[str, np.ndarray],
         if k == "logits":
             p = np.exp(p - p.max(-1, keepdims=True))
             p /= p.sum(-1, keepdims=True)
-        top2 = np.sort(p, -1)[..., -2:] if p.shape[-1] > 1 else np.concatenate([np.zeros_like(p), p], -1)
-        decided = (top2[..., 1] - top2[..., 0]) >= TIE_MARGIN
+        decided = decided_texts(p)
         res["label_agreement"] = float(np.mean(agree))
         res["near_ties"] = int(np.sum(~decided))
         res["decided_label_agreement"] = float(np.mean(agree[decided])) if decided.any() else res["label_agreement"]
