@@ -329,7 +329,8 @@ def _onnx_stages(job: _Job) -> dict:
     sub = {k: v[:16] for k, v in job.held_feeds.items()}
     static_int8 = any(p in STATIC_INT8 for p in o.precisions)
     float_too = any(p not in STATIC_INT8 for p in o.precisions)
-    passes, fuse_info = passes_for(static_int8=static_int8, learned_ranges=job.learned is not None), {}
+    # learned (QAT) ranges are for static int8 only: without it the NoNorms need not stay to be found
+    passes, fuse_info = passes_for(static_int8=static_int8, learned_ranges=static_int8 and job.learned is not None), {}
     if static_int8:  # static int8: fuse only like magnitudes
         cal16 = {k: v[:16] for k, v in job.calib_feeds.items()}
         passes = [(n, make_fuse_siblings_pass(cal16, info=fuse_info) if n == "fuse_sibling_matmuls" else f)
