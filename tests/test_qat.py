@@ -92,6 +92,11 @@ def test_nonorm_product_is_fake_quantized_before_beta():
     q.remove()
     acts = point_activations(net, ["norm:mul"], {"x": x})
     torch.testing.assert_close(acts["norm:mul"], x * net.norm.weight)
+    from mobilebert_mobile.distill.qat import QatError
+
+    for bad in ("norm:sum", "nowhere:out", ":mul"):
+        with pytest.raises(QatError, match="bad QAT point"):
+            QAT(net, points=[bad])
 
 
 @pytest.fixture(scope="module")

@@ -165,6 +165,11 @@ class QAT:
         self.model = model
         self.points = activation_points(model) if points is None else list(points)
         mods = dict(model.named_modules())
+        for p in self.points:
+            name, _, where = p.rpartition(":")
+            if name not in mods or where not in ("in", "out", "mul") or (where == "mul" and not _is_nonorm(mods[name])):
+                raise QatError(f"bad QAT point {p!r} (expected <module>:in, <module>:out or <NoNorm>:mul of "
+                               f"this model)")
         self.observers = nn.ModuleDict({_key(p): ActivationFakeQuant(observe_steps, momentum) for p in self.points})
         self.handles = []
         for p in self.points:
