@@ -24,9 +24,10 @@ def convert_and_score(name: str, ckpt: str, precisions, feeds: dict, gold: np.nd
     """Convert ``ckpt`` at ``precisions`` (seq 128, batch 1, as the bundle) and score each model.
 
     ``float_probs`` are the float model's class probabilities on ``feeds``. Returns (rows, paths): one
-    row per precision (accuracy, label agreement with the float model over all texts and over those
-    that are not near-ties, ``verify.TIE_MARGIN``), the ranges used, what was kept float besides attention) and the .tflite paths, copied into ``work``
-    under a name of their own so they outlive the conversion folder."""
+    row per precision (accuracy; label agreement with the float model over all texts and over those
+    that are not near-ties, ``verify.TIE_MARGIN``; the ranges used; what was kept float besides
+    attention) and the .tflite paths, copied into ``work`` under a name of their own so they outlive
+    the conversion folder."""
     from mobilebert_mobile.converters.pipeline import convert
     from mobilebert_mobile.converters.verify import decided_texts
 

@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 
 
 def main(argv=None) -> int:
@@ -37,6 +36,7 @@ def main(argv=None) -> int:
     from mobilebert_mobile import demo
     from mobilebert_mobile._io import write_results
     from mobilebert_mobile._machine import describe, machine
+    from mobilebert_mobile.converters import verify
     from mobilebert_mobile.converters.pipeline import convert
     from mobilebert_mobile.converters.tflite import run_tflite
     from mobilebert_mobile.distill import finetune
@@ -63,14 +63,15 @@ def main(argv=None) -> int:
         ref = torch.softmax(predict_logits(s["model"], texts, seq_len=128), -1).numpy()
         got = run_tflite(os.path.join(tmp, "bundle", st["file"]), feeds)["probabilities"]
     cal, fb, inv = st["calibration"], st["fallback"], st["inventory"]
+    fid = verify.compare("classification", {"probabilities": got}, {"probabilities": ref})  # as the converter scores
     row = {"preset": args.preset, "layers": args.layers, "qat_steps": args.steps, "qat_s": round(qat_s, 1),
            "points": cal.get("points"), "points_matched": cal.get("points_matched"), "source": cal.get("source"),
            "fused": inv.get("fused_activations"), "standalone_activations": inv.get("standalone_activations"),
            "xnnpack_partitions": (st.get("xnnpack") or {}).get("partitions"),
            "float_fallback": [o for o in fb.get("float_ops", []) if o not in ("BATCH_MATMUL", "SOFTMAX")]
            + fb.get("float_layers", []),
-           "label_agreement": float(np.mean(got.argmax(-1) == ref.argmax(-1))),
-           "max_abs_diff": float(np.abs(got - ref).max()), "conversion_s": rep.get("total_time_s")}
+           **{k: fid[k] for k in ("label_agreement", "near_ties", "decided_label_agreement", "max_abs_diff")},
+           "conversion_s": rep.get("total_time_s")}
     m = machine()
     doc = {"command": "python -m mobilebert_mobile.benchmarks.qat_preset " + " ".join(argv or sys.argv[1:]),
            "machine": m, **row, "wall_s": round(time.time() - t0, 1)}

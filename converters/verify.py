@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mobilebert_mobile.runtime.predictor import softmax
 from mobilebert_mobile.tasks import TASKS as _SPECS
 
 # Default accuracy targets of quantized models (vs the float model, on held-out text): views of the
@@ -46,10 +47,7 @@ def compare(task: str, out: dict[str, np.ndarray], ref: dict[str, np.ndarray],
         k = "probabilities" if "probabilities" in ref else "logits"
         agree = out[k].argmax(-1) == ref[k].argmax(-1)
         p = ref[k].astype(np.float64)
-        if k == "logits":
-            p = np.exp(p - p.max(-1, keepdims=True))
-            p /= p.sum(-1, keepdims=True)
-        decided = decided_texts(p)
+        decided = decided_texts(softmax(p) if k == "logits" else p)
         res["label_agreement"] = float(np.mean(agree))
         res["near_ties"] = int(np.sum(~decided))
         res["decided_label_agreement"] = float(np.mean(agree[decided])) if decided.any() else res["label_agreement"]

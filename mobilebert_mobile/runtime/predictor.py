@@ -40,7 +40,8 @@ class _Meta:
     embedding: dict
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis (numpy; the runtime and the converter's verification share it)."""
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
 
@@ -265,7 +266,7 @@ class Predictor:
         (``top_k`` >= 1; values above the number of labels give all of them)."""
         self._need("classification")
         out = self.logits(texts)
-        probs = out["probabilities"] if "probabilities" in out else _softmax(out["logits"])
+        probs = out["probabilities"] if "probabilities" in out else softmax(out["logits"])
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
             raise PredictorError(f"top_k must be a positive integer, got {top_k!r}")
         k = len(self.labels) if top_k is None else min(int(top_k), len(self.labels))
@@ -306,7 +307,7 @@ class Predictor:
             if not ctx:
                 continue
             s_log, e_log = out["start_logits"][r], out["end_logits"][r]
-            ps, pe = _softmax(s_log[ctx]), _softmax(e_log[ctx])
+            ps, pe = softmax(s_log[ctx]), softmax(e_log[ctx])
             for a, i in enumerate(ctx):
                 for bb in range(a, min(len(ctx), a + max_answer_len)):
                     j = ctx[bb]
@@ -333,7 +334,7 @@ class Predictor:
         if pos.size == 0:
             raise PredictorError("the text has no [MASK] token")
         logits = self._run(enc.model_inputs())["mlm_logits"][0, pos[0]]
-        probs = _softmax(logits.astype(np.float64))
+        probs = softmax(logits.astype(np.float64))
         top = np.argsort(-probs)[:top_k]
         res = []
         for t in top:
