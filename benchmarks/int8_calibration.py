@@ -22,7 +22,7 @@ import numpy as np
 
 
 def run(checkpoint: str, *, task: str | None = None, seq_len: int = 128, calib_n: int = 100, held_n: int = 200,
-        alphas=(0.5,), threads: int = 2, full: bool = False, log=print) -> dict:
+        alphas=(0.5,), taus=(), threads: int = 2, full: bool = False, log=print) -> dict:
     from mobilebert_mobile._machine import machine
     from mobilebert_mobile.converters import calibration as cal
     from mobilebert_mobile.converters import onnx_passes as P
@@ -56,7 +56,7 @@ def run(checkpoint: str, *, task: str | None = None, seq_len: int = 128, calib_n
     work = tempfile.mkdtemp(prefix="int8cal-")
     res = {"checkpoint": checkpoint, "task": task, "family": info["family"], "metric": metric,
            "target": verify.DEFAULT_TARGETS[task], "calibration_texts": len(c_items), "heldout_texts": len(h_items),
-           "machine": machine(), "variants": {}, "equalization": {}}
+           "machine": machine(), "variants": {}, "equalization": {}, "residual_scaling": {}}
 
     def score(model_bytes: bytes, name: str) -> dict:
         p = os.path.join(work, f"{name}.tflite")
@@ -65,26 +65,31 @@ def run(checkpoint: str, *, task: str | None = None, seq_len: int = 128, calib_n
         m = verify.compare(task, run_tflite(p, held), ref, mask)
         return {"path": p, "score": verify.score(task, m), **{k: v for k, v in m.items() if k != metric}}
 
-    graphs = {"no equalization": None}
+    graphs: dict = {"no equalization": None}
     for a in alphas:
-        graphs[f"equalized a={a}"] = a
-    for gname, alpha in graphs.items():
+        graphs[f"equalized a={a}"] = ("equalize", a)
+    for tau in taus:
+        graphs[f"residual-scaled tau={tau}"] = ("residual", tau)
+    for gname, extra in graphs.items():
         t = time.perf_counter()
         passes = P.passes_for(static_int8=True)  # as convert runs them for an int8 model
         einfo: dict = {}
-        if alpha is not None:
+        if extra is not None and extra[0] == "equalize":
             at = [n for n, _ in passes].index("fuse_gelu") + 1
-            passes.insert(at, ("equalize", P.make_equalize_pass(calib, alpha=alpha, info=einfo)))
-        opt, _ = P.run_passes(onx, {k: v[:16] for k, v in held.items()}, passes=passes)
-        if alpha is not None:
+            passes.insert(at, ("equalize", P.make_equalize_pass(calib, alpha=extra[1], info=einfo)))
             res["equalization"][gname] = einfo
+        elif extra is not None:
+            at = [n for n, _ in passes].index("remove_dead")
+            passes.insert(at, ("scale_residual_channels", P.make_residual_scaling_pass(calib, tau=extra[1], info=einfo)))
+            res["residual_scaling"][gname] = einfo
+        opt, _ = P.run_passes(onx, {k: v[:16] for k, v in held.items()}, passes=passes)
         fn = concrete_function(Lowering(opt), 1, seq_len, outputs)
 
         def representative():
             for s in range(calib["input_ids"].shape[0]):
                 yield {k: calib[k][s:s + 1] for k in INPUT_NAMES}
 
-        if alpha is None:
+        if extra is None:
             res["variants"]["dynamic-int8"] = score(tfl_convert(fn, "dynamic-int8"), "dyn")
             res["variants"]["fp32"] = score(tfl_convert(fn, "fp32"), "fp32")
         calibrated = calibrate(make_converter(fn, "int8", representative))
@@ -139,6 +144,10 @@ def markdown(res: dict) -> str:
     for g, e in res["equalization"].items():
         lines += ["", f"Equalization ({g}): {e.get('sites', 0)} site(s) folded {e.get('by_kind', {})}; blocked "
                       f"(an output also read by a residual add or non-linear op): {e.get('blocked_by_kind', {})}."]
+    for g, e in res.get("residual_scaling", {}).items():
+        lines += ["", f"Residual channel scaling ({g}): {e.get('scaled', 0)} of {e.get('segments', 0)} segment(s) "
+                      f"scaled; channels scaled and s per segment: "
+                      f"{', '.join(str(c['scaled']) + ' @ ' + str(c['s']) for c in e.get('channels', []))}."]
     lines.append("")
     return "\n".join(lines)
 
@@ -151,6 +160,8 @@ def main(argv=None) -> int:
     ap.add_argument("--calibration-size", type=int, default=100)
     ap.add_argument("--heldout-size", type=int, default=200)
     ap.add_argument("--alpha", default="0.5", help="equalization strengths to try (comma-separated; empty: none)")
+    ap.add_argument("--residual-tau", default="", help="residual channel scaling thresholds to try "
+                    "(comma-separated; x the median channel maximum; empty: none)")
     ap.add_argument("--int8-full", action="store_true", help="also every compute op int8 (attention included)")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
@@ -160,7 +171,8 @@ def main(argv=None) -> int:
 
         ck = str(assets.minilm_dir())
     res = run(ck, task=a.task, calib_n=a.calibration_size, held_n=a.heldout_size,
-              alphas=tuple(float(x) for x in a.alpha.split(",") if x), full=a.int8_full, log=lambda s: print(s, file=sys.stderr,
+              alphas=tuple(float(x) for x in a.alpha.split(",") if x),
+              taus=tuple(float(x) for x in a.residual_tau.split(",") if x), full=a.int8_full, log=lambda s: print(s, file=sys.stderr,
                                                                                          flush=True))
     res["command"] = "python -m mobilebert_mobile.benchmarks.int8_calibration " + " ".join(
         argv if argv is not None else sys.argv[1:])

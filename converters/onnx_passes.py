@@ -811,3 +811,151 @@ def make_equalize_pass(feeds: dict[str, np.ndarray], alpha: float = 0.5, max_sca
         return len(sites)
 
     return equalize
+
+
+# ------------------------------------------------------------ residual-stream channel scaling (LayerNorm)
+def residual_segments(g: Graph) -> list[dict]:
+    """Post-LN residual segments: ``LN_a -> z``, z read only by constant-weight linears and one residual
+    ``Add(o, z)`` with ``o = MatMul(h, Wo) + bo`` (the sublayer's last linear), the sum read only by
+    ``LN_b``. BERT has two per layer (attention, FFN); all-MiniLM-L6-v2's outlier channels (up to
+    +-220 against a median channel maximum near 5) live in o and in the sum."""
+    prod, cons = g.producers(), g.consumers()
+
+    def layer_norm(n) -> bool:
+        return n is not None and n.op_type == "LayerNormalization" and len(n.input) >= 3 \
+            and n.input[1] in g.consts and n.input[2] in g.consts and \
+            next((a.i for a in n.attribute if a.name == "axis"), -1) == -1
+
+    segs = []
+    for ln_b in g.nodes:
+        if not layer_norm(ln_b):
+            continue
+        x = ln_b.input[0]
+        add = prod.get(x)
+        if add is None or add.op_type != "Add" or cons[x] != [ln_b] or len(add.input) != 2:
+            continue
+        for z, o in (add.input, add.input[::-1]):
+            ln_a, bias_add = prod.get(z), prod.get(o)
+            if not layer_norm(ln_a) or bias_add is None or bias_add.op_type != "Add" or cons[o] != [add]:
+                continue
+            b = next((i for i in bias_add.input if i in g.consts and g.consts[i].ndim == 1), None)
+            mm = prod.get(next((i for i in bias_add.input if i != b), "")) if b is not None else None
+            if not _const_matmul(g, mm) or cons[mm.output[0]] != [bias_add]:
+                continue
+            readers = [u for u in cons[z] if u is not add]
+            if None in cons[z] or not readers or not all(_const_matmul(g, u) and u.input[0] == z for u in readers):
+                continue
+            segs.append({"z": z, "o": o, "x": x, "ln_a": ln_a, "ln_b": ln_b, "readers": readers, "out_mm": mm,
+                         "bias_add": bias_add, "bias": b})
+            break
+    return segs
+
+
+def two_level_scales(amax: np.ndarray, tau: float) -> np.ndarray | None:
+    """s = M on the channels whose max |x| exceeds tau x the median channel maximum, 1 elsewhere,
+    with M bringing the largest channel down to that threshold; None when no channel needs it.
+    Two levels keep the LayerNorm statistics' correction weights (s - 1)/H and (s^2 - 1)/H at
+    {0, c}: exact in int8 (one per-channel weight scale), where a continuous s would round the
+    small corrections to zero."""
+    a = np.maximum(amax.astype(np.float64), 1e-6)
+    t = tau * float(np.median(a))
+    m = float(a.max()) / t
+    if m <= 1.5:
+        return None
+    return np.where(a > t, m, 1.0)
+
+
+def make_residual_scaling_pass(feeds: dict[str, np.ndarray], tau: float = 6.0,
+                               info: dict | None = None) -> Callable[[Graph], int]:
+    """A pass that divides each post-LN residual segment's outlier channels by s (static int8).
+
+    Per segment (``residual_segments``): LN_a's gamma and beta are divided by s (its output z / s),
+    the readers of z get their weight rows multiplied by s, the sublayer's last linear its columns and
+    bias divided by s; so the residual sum reaches LN_b as y = x / s, per channel, and LN_b becomes
+    explicit ops that normalise x from y (``_scaled_layer_norm``). Exact in float; in int8 the
+    outlier channels no longer set the scale of every other channel of o, z and the sum. ``feeds``
+    are calibration inputs (channel maxima); ``info`` receives the segments and scales.
+    """
+
+    def scale(g: Graph) -> int:
+        import copy
+
+        segs = residual_segments(g)
+        if info is not None:
+            info.update({"segments": len(segs), "tau": tau, "scaled": 0, "channels": []})
+        if not segs:
+            return 0
+        snap = copy.deepcopy(g)
+        snap.g = snap.model.graph
+        names = sorted({s[k] for s in segs for k in ("z", "o", "x")})
+        amax = channel_absmax(snap.finalize(), feeds, names)
+        # s per LN output (LN_a of a segment) and per LN input (LN_b): one vector per segment
+        s_out: dict[int, np.ndarray] = {}
+        s_in: dict[int, np.ndarray] = {}
+        for seg in segs:
+            s = two_level_scales(np.maximum.reduce([amax[seg[k]] for k in ("z", "o", "x")]), tau)
+            if s is None:
+                continue
+            s_out[id(seg["ln_a"])] = s_in[id(seg["ln_b"])] = s
+            for u in seg["readers"]:
+                u.input[1] = g.new_const((g.consts[u.input[1]] * s[:, None]).astype(np.float32), "rs_w")
+            mm = seg["out_mm"]
+            mm.input[1] = g.new_const((g.consts[mm.input[1]] / s[None, :]).astype(np.float32), "rs_w")
+            k = list(seg["bias_add"].input).index(seg["bias"])
+            seg["bias_add"].input[k] = g.new_const((g.consts[seg["bias"]] / s).astype(np.float32), "rs_b")
+            if info is not None:
+                info["scaled"] += 1
+                info["channels"].append({"scaled": int((s > 1).sum()), "s": round(float(s.max()), 2)})
+        lns = [n for n in g.nodes if id(n) in s_out or id(n) in s_in]
+        for ln in lns:
+            si, so = s_in.get(id(ln)), s_out.get(id(ln))
+            gamma, beta = g.consts[ln.input[1]], g.consts[ln.input[2]]
+            if so is not None:
+                gamma, beta = gamma / so, beta / so
+            if si is None:
+                ln.input[1] = g.new_const(gamma.astype(np.float32), "rs_g")
+                ln.input[2] = g.new_const(beta.astype(np.float32), "rs_b")
+                continue
+            eps = next((a.f for a in ln.attribute if a.name == "epsilon"), 1e-5)
+            at = g.nodes.index(ln)
+            g.nodes[at:at + 1] = _scaled_layer_norm(g, ln.input[0], ln.output[0], si, gamma, beta, eps)
+        return len(s_in)
+
+    return scale
+
+
+def _scaled_layer_norm(g: Graph, y: str, out: str, s: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                       eps: float) -> list:
+    """LayerNorm of x = y * s (per channel) from y, as ONNX ops, with s in {1, M}::
+
+        mean = ReduceMean(y) + y @ ((s - 1) / H)          # = mean(x)
+        d    = y - mean * (1 / s)                          # = (x - mean) / s
+        var  = ReduceMean(d * d) + (d * d) @ ((s^2 - 1) / H) + eps
+        out  = d * var^-0.5 * (gamma * s) + beta
+    """
+    from onnx import helper
+
+    h = s.shape[0]
+    ax = g.new_const(np.array([-1], dtype=np.int64), "rs_axes")
+
+    def c(v, hint):
+        return g.new_const(np.asarray(v, dtype=np.float32), hint)
+
+    n = {k: g.new_name(f"rs_{k}") for k in ("m0", "m1", "mean", "ms", "d", "dd", "v0", "v1", "v1e", "var", "r",
+                                             "dr", "g")}
+    return [
+        helper.make_node("ReduceMean", [y, ax], [n["m0"]], keepdims=1),
+        helper.make_node("MatMul", [y, c(((s - 1) / h)[:, None], "rs_wm")], [n["m1"]]),
+        helper.make_node("Add", [n["m0"], n["m1"]], [n["mean"]]),
+        helper.make_node("Mul", [n["mean"], c(1.0 / s, "rs_inv")], [n["ms"]]),
+        helper.make_node("Sub", [y, n["ms"]], [n["d"]]),
+        helper.make_node("Mul", [n["d"], n["d"]], [n["dd"]]),
+        helper.make_node("ReduceMean", [n["dd"], ax], [n["v0"]], keepdims=1),
+        helper.make_node("MatMul", [n["dd"], c(((s * s - 1) / h)[:, None], "rs_wv")], [n["v1"]]),
+        helper.make_node("Add", [n["v1"], c(np.array([eps]), "rs_eps")], [n["v1e"]]),
+        helper.make_node("Add", [n["v0"], n["v1e"]], [n["var"]]),
+        helper.make_node("Pow", [n["var"], c(np.array(-0.5), "rs_pow")], [n["r"]]),
+        helper.make_node("Mul", [n["d"], n["r"]], [n["dr"]]),
+        helper.make_node("Mul", [n["dr"], c(gamma * s, "rs_g")], [n["g"]]),
+        helper.make_node("Add", [n["g"], c(beta, "rs_b")], [out]),
+    ]

@@ -297,6 +297,20 @@ def _layernorm(self, node, a):
     return y
 
 
+def _pow(self, node, a):
+    import tensorflow as tf
+
+    e = _np(self, node, 1)
+    v = float(e.reshape(-1)[0]) if e.size == 1 else None
+    if v == -0.5:  # from the residual scaling pass's LayerNorm: one RSQRT
+        return tf.math.rsqrt(a[0])
+    if v == 0.5:
+        return tf.math.sqrt(a[0])
+    if v == 2.0:
+        return a[0] * a[0]
+    return tf.math.pow(a[0], tf.constant(e, dtype=a[0].dtype))
+
+
 def _split(self, node, a):
     import tensorflow as tf
 
@@ -357,7 +371,7 @@ def _ops():
         "Gather": _gather, "Slice": _slice, "Pad": _pad, "Concat": _concat, "Reshape": _reshape,
         "Transpose": _transpose, "Softmax": _softmax, "Cast": _cast, "Unsqueeze": _unsqueeze, "Squeeze": _squeeze,
         "ReduceSum": _reduce("reduce_sum"), "ReduceMean": _reduce("reduce_mean"),
-        "LayerNormalization": _layernorm, "Split": _split, "Clip": _clip,
+        "LayerNormalization": _layernorm, "Split": _split, "Clip": _clip, "Pow": _pow,
         "Relu": _unary(lambda tf: tf.nn.relu), "Tanh": _unary(lambda tf: tf.math.tanh),
         "Gelu": _unary(lambda tf: lambda x: tf.nn.gelu(x, approximate=False)),  # from the fuse_gelu pass
         "Sqrt": _unary(lambda tf: tf.math.sqrt), "Neg": _unary(lambda tf: tf.math.negative),

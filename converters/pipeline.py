@@ -313,8 +313,8 @@ def _onnx_stages(job: _Job) -> dict:
     import onnx
 
     from .export import export_onnx
-    from .onnx_passes import (fold_nonorm_through_residuals, make_fuse_siblings_pass, op_counts, passes_for,
-                              run_onnx, run_passes)
+    from .onnx_passes import (fold_nonorm_through_residuals, make_fuse_siblings_pass, make_residual_scaling_pass,
+                              op_counts, passes_for, run_onnx, run_passes)
 
     o, pr = job.opts, job.pr
     pr.stage("exporting to ONNX (torch.onnx.export, opset 18)")
@@ -343,6 +343,18 @@ def _onnx_stages(job: _Job) -> dict:
     entry = {"stage": "onnx (optimised)", **m, "ops": op_counts(opt)}
     job.report["stages"].append(entry)
     graphs = {"static-int8": opt} if static_int8 else {"float": opt}
+    if static_int8 and job.learned is None:  # QAT ranges were learned on the unscaled tensors
+        # LayerNorm models: the residual stream's outlier channels scaled down (static int8 only; the float
+        # graph keeps the plain LayerNorms). Verified against the graph before it, and after lowering.
+        t2, scale_info = time.perf_counter(), {}
+        sopt, sres = run_passes(opt, sub, passes=[("scale_residual_channels",
+                                                   make_residual_scaling_pass(job.calib_feeds, info=scale_info))])
+        if sres[0].rewrites:
+            graphs["static-int8"] = sopt
+            job.report["static_int8_passes"] = [{**r.__dict__, "ops": op_counts(sopt),
+                                                 "time_s": round(time.perf_counter() - t2, 2)} for r in sres]
+        if scale_info.get("segments"):
+            job.report["residual_scaling"] = scale_info
     if static_int8 and float_too and not any(r.name == "fold_nonorm_through_residuals" for r in results):
         # verified against the graph before it (run_passes), and its lowering against PyTorch
         pr.note("pass fold_nonorm_through_residuals (float precisions)")

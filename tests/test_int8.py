@@ -76,6 +76,56 @@ def test_equalization_breaks_if_scales_are_not_compensated(folded, feeds):
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) > 1e-3
 
 
+@pytest.fixture(scope="module")
+def minilm_graph(minilm_dir, feeds):
+    """The real all-MiniLM-L6-v2 after the static-int8 passes (its residual stream has outlier channels)."""
+    model, task, _ = E.load_for_export(minilm_dir, "embedding", mask_value=-100.0)
+    outs = tuple(E.DEFAULT_OUTPUTS[task])
+    onx = E.export_onnx(E.ExportWrapper.build(model, task, outs), None, batch=1, seq_len=SEQ, outputs=outs)
+    opt, _ = P.run_passes(onx, feeds, passes=P.passes_for(static_int8=True))
+    return opt
+
+
+def _spread(model, feeds, names):
+    amax = P.channel_absmax(model, feeds, names)
+    return {n: float(v.max() / np.median(np.maximum(v, 1e-6))) for n, v in amax.items()}
+
+
+def test_residual_scaling_is_exact_in_float_and_flattens_the_residual_stream(minilm_graph, feeds):
+    g = P.Graph(copy.deepcopy(minilm_graph))
+    segs = P.residual_segments(g)
+    assert len(segs) == 12  # attention and FFN of each of the 6 layers
+    sums = [s["x"] for s in segs]
+    info = {}
+    n = P.make_residual_scaling_pass(feeds, tau=3.0, info=info)(g)
+    out = g.finalize()
+    assert n == info["scaled"] and 3 <= n <= 12
+    a, b = P.run_onnx(minilm_graph, feeds), P.run_onnx(out, feeds)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], atol=2e-5, rtol=1e-4)
+    ops = P.op_counts(out)
+    assert ops["LayerNormalization"] == 13 - n and ops["Pow"] == n  # each scaled sum's LayerNorm made explicit
+    before, after = _spread(minilm_graph, feeds, sums), _spread(out, feeds, sums)
+    worst = max(before, key=before.get)
+    assert before[worst] > 20 and after[worst] < before[worst] / 3
+    # two levels: every statistics-correction weight vector holds zeros and one other value (exact in int8)
+    w = [v for k, v in P.Graph(copy.deepcopy(out)).consts.items() if k.startswith(("pass_rs_wm", "pass_rs_wv"))]
+    assert len(w) == 2 * n and all(len(np.unique(v)) == 2 and 0 in v for v in w)
+
+
+def test_residual_scaling_breaks_if_a_reader_is_not_compensated(minilm_graph, feeds):
+    """The exactness check can fail: a reader of the scaled LayerNorm output left unscaled."""
+    g = P.Graph(copy.deepcopy(minilm_graph))
+    readers = {id(u): list(u.input) for s in P.residual_segments(g) for u in s["readers"]}
+    assert P.make_residual_scaling_pass(feeds, tau=3.0)(g)
+    changed = [u for u in g.nodes if id(u) in readers and u.input[1] != readers[id(u)][1]]
+    assert changed
+    changed[0].input[1] = readers[id(changed[0])][1]  # the original weights back on one reader
+    bad = g.finalize()
+    a, b = P.run_onnx(minilm_graph, feeds), P.run_onnx(bad, feeds)
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) > 1e-3
+
+
 def _tiny_calibrated():
     """FC -> ReLU -> FC with an outlier-heavy input, calibrated (float model with min/max)."""
     import tensorflow as tf
