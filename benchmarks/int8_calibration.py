@@ -1,14 +1,16 @@
 """Full-int8 calibration choices measured on one checkpoint, with no float fallback.
 
-For each graph (as exported, and with the SmoothQuant-style equalization pass) the model is
-calibrated once; then every range method (min/max, percentile 99.99, MSE-optimal) is written into
-the calibrated model's tensor ranges, quantized with only attention's BATCH_MATMUL/SOFTMAX float
-(no op-type or layer fallback) and scored on held-out text against PyTorch float. Dynamic-int8 is
-scored beside it, and every model is timed interleaved (XNNPACK, 2 threads).
+For each graph (as exported; with the SmoothQuant-style equalization pass, ``--alpha``; with the
+residual stream's outlier channels scaled, ``--residual-tau``) the model is calibrated once; then
+every range method (min/max, percentile 99.99, MSE-optimal) is written into the calibrated model's
+tensor ranges, quantized with only the ops XNNPACK has no int8 kernel for kept float (attention's
+BATCH_MATMUL/SOFTMAX, GELU, RSQRT; no op-type or layer fallback) and scored on held-out text against
+PyTorch float. Dynamic-int8 is scored beside it, and every model is timed interleaved (XNNPACK, 2
+threads).
 
 Command (the results file records it)::
 
-    python -m mobilebert_mobile.benchmarks.int8_calibration --checkpoint minilm --out benchmarks/results/int8
+    python -m mobilebert_mobile.benchmarks.int8_calibration --checkpoint minilm --residual-tau 3,6 --out benchmarks/results/int8
 """
 from __future__ import annotations
 
@@ -132,8 +134,9 @@ def markdown(res: dict) -> str:
     lines = [f"# Full-int8 calibration without fallback: {res['family']} {res['task']} (`{res['checkpoint']}`)", "",
              f"Machine: {mach['cpu']}, {mach['cores']} cores, int8 ISA {mach['int8_isa']['best']}. Held-out: "
              f"{res['heldout_texts']} Rotten Tomatoes sentences, calibration: {res['calibration_texts']} others. "
-             f"int8 = int8 activations everywhere except attention's BATCH_MATMUL/SOFTMAX (inside the XNNPACK "
-             f"partition); no op-type or layer fallback. Latency: XNNPACK, 2 threads, interleaved, median. "
+             f"int8 = int8 activations everywhere except the ops XNNPACK has no int8 kernel for (attention's "
+             f"BATCH_MATMUL/SOFTMAX, GELU, RSQRT with its epsilon add: float inside the XNNPACK partition); no "
+             f"op-type or layer fallback. Latency: XNNPACK, 2 threads, interleaved, median. "
              f"Command: `{res.get('command', '')}`", "",
              f"| variant | {res['metric']} | max abs diff | median ms | ranges kept (median of tensors) |",
              "|---|---|---|---|---|"]

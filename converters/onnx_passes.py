@@ -865,7 +865,7 @@ def two_level_scales(amax: np.ndarray, tau: float) -> np.ndarray | None:
     return np.where(a > t, m, 1.0)
 
 
-def make_residual_scaling_pass(feeds: dict[str, np.ndarray], tau: float = 6.0,
+def make_residual_scaling_pass(feeds: dict[str, np.ndarray], tau: float = 3.0,
                                info: dict | None = None) -> Callable[[Graph], int]:
     """A pass that divides each post-LN residual segment's outlier channels by s (static int8).
 

@@ -61,7 +61,7 @@ def test_every_stage_verified_and_reported(clf_bundle):
         assert set(x["outside"]) <= {"GATHER", "CAST", "RESHAPE", "DEQUANTIZE"}, x
     assert stages["tflite dynamic-int8"]["inventory"]["weights_per_channel"] > 0
     assert stages["tflite int8"]["inventory"]["weights_per_channel"] > 0
-    assert stages["tflite int8"]["fallback"]["float_ops"] == ["BATCH_MATMUL", "SOFTMAX"]
+    assert stages["tflite int8"]["fallback"]["float_ops"] == ["BATCH_MATMUL", "SOFTMAX", "GELU", "RSQRT"]
     assert [p["name"] for p in r["passes"]][:4] == ["remove_noops", "fold_constants", "set_mask_value",
                                                     "fold_nonorm_into_linear"]
     # static int8 keeps the residual sums as they are (per-channel rescaled sums cost int8 accuracy); the
@@ -108,13 +108,20 @@ def test_other_tasks(tmp_path, task, outputs):
 
 def test_gelu_layernorm_preset_converts(tmp_path):
     ck = make_checkpoint(tmp_path / "ck", preset="mobilebert-no-opt", layers=1)
-    r = convert(ck, tmp_path / "b", precisions=("fp32", "int16x8"), **FAST)
-    fp32, int16 = (s for s in r["stages"] if s["stage"].startswith("tflite"))
+    r = convert(ck, tmp_path / "b", precisions=("fp32", "int16x8", "int8"), **FAST)
+    fp32, int16, int8 = (s for s in r["stages"] if s["stage"].startswith("tflite"))
     inv = fp32["inventory"]["ops"]
     assert inv.get("GELU") == 4 and fp32["max_rel_diff"] < 1e-4
     # LayerNorm's variance is lowered as mean(d*d): LiteRT has no 16-bit SQUARED_DIFFERENCE, and
     # int16x8 of a LayerNorm model failed at its first run before that
     assert "SQUARED_DIFFERENCE" not in inv and int16["label_agreement"] >= 0.99
+    # int8: XNNPACK has no int8 GELU or RSQRT (nor takes epsilon's scale in an int8 ADD): they stay float
+    # inside the one partition instead of splitting it
+    assert int8["xnnpack"]["partitions"] == 1, int8["xnnpack"]
+    assert set(int8["xnnpack"]["outside"]) <= {"GATHER", "CAST", "RESHAPE", "DEQUANTIZE"}, int8["xnnpack"]
+    from mobilebert_mobile.converters.tflite import float_compute_ops
+
+    assert {"GELU", "RSQRT"} <= set(float_compute_ops((tmp_path / "b" / "model_int8.tflite").read_bytes()))
 
 
 # ----------------------------------------------------------------------------- bad input
