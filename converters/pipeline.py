@@ -697,9 +697,16 @@ def summary_markdown(report: dict) -> str:
                      f"{s.get('size_mb', '')} | {x.get('partitions', '')} | "
                      f"{x.get('ops_outside_xnnpack', '')} | {s.get('latency_ms_median_2threads', '')} |")
     lines += ["", "Graph passes:", ""]
-    for p in report["passes"]:
-        lines.append(f"- {p['name']}: {p['rewrites']} rewrite(s), max abs diff {p['max_abs_diff']:.3g}, "
-                     f"{p['nodes_after']} nodes after")
+    for where, key in (("", "passes"), (" (float graph only)", "float_passes"),
+                       (" (static-int8 graph only)", "static_int8_passes")):
+        for p in report.get(key, []):
+            lines.append(f"- {p['name']}{where}: {p['rewrites']} rewrite(s), max abs diff {p['max_abs_diff']:.3g}, "
+                         f"{p['nodes_after']} nodes after")
+    rs = report.get("residual_scaling")
+    if rs and rs.get("scaled"):
+        lines += ["", f"Residual channel scaling (static int8): {rs['scaled']} of {rs['segments']} residual segments "
+                      f"scaled (channels above {rs['tau']}x the median channel maximum); channels @ s: "
+                      f"{', '.join(str(c['scaled']) + ' @ ' + str(c['s']) for c in rs['channels'])}."]
     for s in report["stages"]:
         if "fallback" in s:
             fb = s["fallback"]

@@ -28,12 +28,12 @@ from typing import Callable
 
 import numpy as np
 
-# Float inside the XNNPACK partition in int8 (not int8-full): attention's BATCH_MATMUL/SOFTMAX (no int8
-# kernels there), and the two ops of LayerNorm/GELU models XNNPACK has no int8 kernel for: GELU (on
-# [tokens, 4H]) and RSQRT (with its epsilon ADD: per-token scalars). Quantized, each one split the
-# delegate graph: all-MiniLM-L6-v2 int8 ran as 21 partitions in 4.2 ms; with them float, 2 partitions
-# (the integer front end and the pooling division stay outside) in 3.4 ms.
-DEFAULT_FLOAT_OPS = ("BATCH_MATMUL", "SOFTMAX", "GELU", "RSQRT")
+# Float inside the XNNPACK partition in int8 (not int8-full): the ops XNNPACK has no int8 kernel for.
+# Attention's BATCH_MATMUL/SOFTMAX; in LayerNorm/GELU models GELU (on [tokens, 4H]) and RSQRT (with its
+# epsilon ADD: per-token scalars); in the embedding head DIV and MAXIMUM (mean pooling, [1, H]).
+# Quantized, each one split the delegate graph: all-MiniLM-L6-v2 int8 ran as 21 partitions in 4.2 ms;
+# with them float, one partition (only the integer front end outside) in 3.4 ms, same accuracy.
+DEFAULT_FLOAT_OPS = ("BATCH_MATMUL", "SOFTMAX", "GELU", "RSQRT", "DIV", "MAXIMUM")
 # Ops that only move data: never worth keeping float on their own.
 LAYOUT_OPS = {"RESHAPE", "TRANSPOSE", "SLICE", "STRIDED_SLICE", "CONCATENATION", "GATHER", "PAD", "SQUEEZE",
               "QUANTIZE", "DEQUANTIZE", "CAST", "SPLIT", "SPLIT_V", "EXPAND_DIMS"}
