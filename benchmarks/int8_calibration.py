@@ -58,7 +58,8 @@ def run(checkpoint: str, *, task: str | None = None, seq_len: int = 128, calib_n
     work = tempfile.mkdtemp(prefix="int8cal-")
     res = {"checkpoint": checkpoint, "task": task, "family": info["family"], "metric": metric,
            "target": verify.DEFAULT_TARGETS[task], "calibration_texts": len(c_items), "heldout_texts": len(h_items),
-           "machine": machine(), "variants": {}, "equalization": {}, "residual_scaling": {}}
+           "machine": machine(), "variants": {}, "equalization": {}, "residual_scaling": {},
+           "float_ops": list(DEFAULT_FLOAT_OPS)}
 
     def score(model_bytes: bytes, name: str) -> dict:
         p = os.path.join(work, f"{name}.tflite")
@@ -134,9 +135,9 @@ def markdown(res: dict) -> str:
     lines = [f"# Full-int8 calibration without fallback: {res['family']} {res['task']} (`{res['checkpoint']}`)", "",
              f"Machine: {mach['cpu']}, {mach['cores']} cores, int8 ISA {mach['int8_isa']['best']}. Held-out: "
              f"{res['heldout_texts']} Rotten Tomatoes sentences, calibration: {res['calibration_texts']} others. "
-             f"int8 = int8 activations everywhere except the ops XNNPACK has no int8 kernel for (attention's "
-             f"BATCH_MATMUL/SOFTMAX, GELU, RSQRT with its epsilon add: float inside the XNNPACK partition); no "
-             f"op-type or layer fallback. Latency: XNNPACK, 2 threads, interleaved, median. "
+             f"int8 = int8 activations everywhere except the ops XNNPACK has no int8 kernel for "
+             f"({', '.join(res.get('float_ops', ['BATCH_MATMUL', 'SOFTMAX']))}, and RSQRT's epsilon add: float "
+             f"inside the XNNPACK partition); no op-type or layer fallback. Latency: XNNPACK, 2 threads, interleaved, median. "
              f"Command: `{res.get('command', '')}`", "",
              f"| variant | {res['metric']} | max abs diff | median ms | ranges kept (median of tensors) |",
              "|---|---|---|---|---|"]

@@ -113,6 +113,31 @@ def test_residual_scaling_is_exact_in_float_and_flattens_the_residual_stream(min
     assert len(w) == 2 * n and all(len(np.unique(v)) == 2 and 0 in v for v in w)
 
 
+def test_residual_scaled_graph_lowers_to_tflite_with_rsqrt(minilm_graph, feeds, tmp_path):
+    """The explicit LayerNorms lower (Pow(-0.5) as one RSQRT) and the fp32 .tflite matches ONNX."""
+    import collections
+
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from mobilebert_mobile.converters.onnx_to_tf import Lowering
+    from mobilebert_mobile.converters.tflite import concrete_function, convert, op_name, run_tflite
+
+    g = P.Graph(copy.deepcopy(minilm_graph))
+    n = P.make_residual_scaling_pass(feeds, tau=3.0)(g)
+    scaled = g.finalize()
+    outs = tuple(o.name for o in scaled.graph.output)
+    data = convert(concrete_function(Lowering(scaled), 1, SEQ, outs), "fp32")
+    m = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+    ops = collections.Counter(op_name(m, op) for op in m.subgraphs[0].operators)
+    assert ops["RSQRT"] == 13 and "POW" not in ops  # every LayerNorm: n explicit, 13 - n lowered as before
+    assert n >= 3
+    path = tmp_path / "scaled.tflite"
+    path.write_bytes(data)
+    got, want = run_tflite(str(path), feeds), P.run_onnx(minilm_graph, feeds)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], atol=2e-4, rtol=1e-3)
+
+
 def test_residual_scaling_breaks_if_a_reader_is_not_compensated(minilm_graph, feeds):
     """The exactness check can fail: a reader of the scaled LayerNorm output left unscaled."""
     g = P.Graph(copy.deepcopy(minilm_graph))
