@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-ATTENTION_FLOAT = ("BATCH_MATMUL", "SOFTMAX")  # may stay float inside the one XNNPACK partition
+from mobilebert_mobile.converters.quantize import DEFAULT_FLOAT_OPS  # float inside the one partition: not a fallback
 
 
 def labels_tflite(path: str, feeds: dict) -> np.ndarray:
@@ -55,7 +55,7 @@ def convert_and_score(name: str, ckpt: str, precisions, feeds: dict, gold: np.nd
                "near_ties": int(np.sum(~decided)),
                "ranges": cal.get("source", cal.get("chosen", "")) if prec.startswith("int8") else "",
                "points_matched": cal.get("points_matched"), "points": cal.get("points"),
-               "float_fallback": [o for o in fb.get("float_ops", []) if o not in ATTENTION_FLOAT]
+               "float_fallback": [o for o in fb.get("float_ops", []) if o not in DEFAULT_FLOAT_OPS]
                + fb.get("float_layers", []),
                "float_matmuls": (st.get("inventory") or {}).get("float_matmuls"),
                "xnnpack_partitions": (st.get("xnnpack") or {}).get("partitions"),

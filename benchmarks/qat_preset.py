@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 
+from mobilebert_mobile.converters.quantize import DEFAULT_FLOAT_OPS  # float inside the one partition
 
 
 def main(argv=None) -> int:
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
            "points": cal.get("points"), "points_matched": cal.get("points_matched"), "source": cal.get("source"),
            "fused": inv.get("fused_activations"), "standalone_activations": inv.get("standalone_activations"),
            "xnnpack_partitions": (st.get("xnnpack") or {}).get("partitions"),
-           "float_fallback": [o for o in fb.get("float_ops", []) if o not in ("BATCH_MATMUL", "SOFTMAX")]
+           "float_fallback": [o for o in fb.get("float_ops", []) if o not in DEFAULT_FLOAT_OPS]
            + fb.get("float_layers", []),
            **{k: fid[k] for k in ("label_agreement", "near_ties", "decided_label_agreement", "max_abs_diff")},
            "conversion_s": rep.get("total_time_s")}
