@@ -501,6 +501,8 @@ def quantize_with_fallback(calibrated: bytes, evaluate: Callable[[bytes], float]
                            float_ops=DEFAULT_FLOAT_OPS, progress: Callable[[str], None] | None = None) -> QuantResult:
     """Quantize; while ``evaluate(model) < target`` keep the most sensitive layer in float."""
     say = progress or (lambda s: None)
+    present = op_types(calibrated)
+    float_ops = tuple(o for o in float_ops if o in present)  # the report names only ops the model has
     model = quantize_calibrated(calibrated, float_ops=float_ops)
     score = evaluate(model)
     steps = [{"float_layers": [], "score": score}]
