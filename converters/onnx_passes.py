@@ -851,15 +851,16 @@ def residual_segments(g: Graph) -> list[dict]:
     return segs
 
 
-def two_level_scales(amax: np.ndarray, tau: float) -> np.ndarray | None:
+def two_level_scales(amax: np.ndarray, tau: float, max_scale: float = 1e3) -> np.ndarray | None:
     """s = M on the channels whose max |x| exceeds tau x the median channel maximum, 1 elsewhere,
-    with M bringing the largest channel down to that threshold; None when no channel needs it.
+    with M bringing the largest channel down to that threshold (at most ``max_scale``: a mostly-zero
+    tensor has a median near 0); None when no channel needs it.
     Two levels keep the LayerNorm statistics' correction weights (s - 1)/H and (s^2 - 1)/H at
     {0, c}: exact in int8 (one per-channel weight scale), where a continuous s would round the
     small corrections to zero."""
     a = np.maximum(amax.astype(np.float64), 1e-6)
     t = tau * float(np.median(a))
-    m = float(a.max()) / t
+    m = min(float(a.max()) / t, max_scale)
     if m <= 1.5:
         return None
     return np.where(a > t, m, 1.0)

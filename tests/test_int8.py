@@ -91,6 +91,14 @@ def _spread(model, feeds, names):
     return {n: float(v.max() / np.median(np.maximum(v, 1e-6))) for n, v in amax.items()}
 
 
+def test_two_level_scales():
+    a = np.array([1.0, 2.0, 2.0, 2.0, 3.0, 60.0, 13.0])  # median 2: threshold 6 at tau 3
+    s = P.two_level_scales(a, 3.0)
+    assert s.tolist() == [1, 1, 1, 1, 1, 10, 10]  # M = 60 / 6: the largest channel lands on the threshold
+    assert P.two_level_scales(np.array([1.0, 2.0, 2.5, 2.0]), 3.0) is None  # nothing above 3x the median
+    assert P.two_level_scales(np.array([0.0, 0.0, 0.0, 5.0]), 3.0).max() == 1e3  # near-zero median: capped
+
+
 def test_residual_scaling_is_exact_in_float_and_flattens_the_residual_stream(minilm_graph, feeds):
     g = P.Graph(copy.deepcopy(minilm_graph))
     segs = P.residual_segments(g)
