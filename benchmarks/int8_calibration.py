@@ -131,6 +131,8 @@ def run(checkpoint: str, *, task: str | None = None, seq_len: int = 128, calib_n
 
 
 def markdown(res: dict) -> str:
+    from mobilebert_mobile.converters.onnx_passes import describe_residual_scaling
+
     mach = res["machine"]
     lines = [f"# Full-int8 calibration without fallback: {res['family']} {res['task']} (`{res['checkpoint']}`)", "",
              f"Machine: {mach['cpu']}, {mach['cores']} cores, int8 ISA {mach['int8_isa']['best']}. Held-out: "
@@ -149,9 +151,7 @@ def markdown(res: dict) -> str:
         lines += ["", f"Equalization ({g}): {e.get('sites', 0)} site(s) folded {e.get('by_kind', {})}; blocked "
                       f"(an output also read by a residual add or non-linear op): {e.get('blocked_by_kind', {})}."]
     for g, e in res.get("residual_scaling", {}).items():
-        lines += ["", f"Residual channel scaling ({g}): {e.get('scaled', 0)} of {e.get('segments', 0)} segment(s) "
-                      f"scaled; channels scaled and s per segment: "
-                      f"{', '.join(str(c['scaled']) + ' @ ' + str(c['s']) for c in e.get('channels', []))}."]
+        lines += ["", f"Residual channel scaling ({g}): {describe_residual_scaling(e)}."]
     lines.append("")
     return "\n".join(lines)
 

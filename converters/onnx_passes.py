@@ -84,6 +84,14 @@ class Graph:
         ids = {id(n) for n in nodes}
         self.nodes = [n for n in self.nodes if id(n) not in ids]
 
+    def snapshot(self):
+        """The model as this graph stands now, as a ModelProto of its own (this graph stays usable)."""
+        import copy
+
+        snap = copy.deepcopy(self)
+        snap.g = snap.model.graph  # deepcopy detaches the graph view from its model
+        return snap.finalize()
+
     def finalize(self):
         """Write constants back as initializers (only those still used) and return the model."""
         from onnx import numpy_helper
@@ -518,12 +526,8 @@ def fuse_sibling_matmuls(g: Graph, feeds: dict[str, np.ndarray] | None = None, m
                     groups[n.input[0]].append((n, add, b))
     groups = {x: ms for x, ms in groups.items() if len(ms) >= 2}
     if feeds is not None and groups:
-        import copy
-
-        snap = copy.deepcopy(g)
-        snap.g = snap.model.graph
         outs = [a.output[0] for ms in groups.values() for _, a, _ in ms]
-        amax = {k: float(v.max()) for k, v in channel_absmax(snap.finalize(), feeds, outs).items()}
+        amax = {k: float(v.max()) for k, v in channel_absmax(g.snapshot(), feeds, outs).items()}
         split = 0
         runs: list[list] = []
         for ms in groups.values():
@@ -779,17 +783,13 @@ def make_equalize_pass(feeds: dict[str, np.ndarray], alpha: float = 0.5, max_sca
     """
 
     def equalize(g: Graph) -> int:
-        import copy
-
         sites, blocked = equalization_sites(g)
         if info is not None:
             info.update({"sites": len(sites), "blocked_by_kind": blocked, "alpha": alpha,
                          "by_kind": dict(collections.Counter(s["kind"] for s in sites))})
         if not sites:
             return 0
-        snap = copy.deepcopy(g)
-        snap.g = snap.model.graph  # deepcopy detaches the graph view from its model
-        amax = channel_absmax(snap.finalize(), feeds, [s["x"] for s in sites])
+        amax = channel_absmax(g.snapshot(), feeds, [s["x"] for s in sites])
         spread = []
         for s in sites:
             a = np.maximum(amax[s["x"]].astype(np.float64), 1e-5)
@@ -879,17 +879,13 @@ def make_residual_scaling_pass(feeds: dict[str, np.ndarray], tau: float = 3.0,
     """
 
     def scale(g: Graph) -> int:
-        import copy
-
         segs = residual_segments(g)
         if info is not None:
             info.update({"segments": len(segs), "tau": tau, "scaled": 0, "channels": []})
         if not segs:
             return 0
-        snap = copy.deepcopy(g)
-        snap.g = snap.model.graph
         names = sorted({s[k] for s in segs for k in ("z", "o", "x")})
-        amax = channel_absmax(snap.finalize(), feeds, names)
+        amax = channel_absmax(g.snapshot(), feeds, names)
         # s per LN output (LN_a of a segment) and per LN input (LN_b): one vector per segment
         s_out: dict[int, np.ndarray] = {}
         s_in: dict[int, np.ndarray] = {}
@@ -923,6 +919,13 @@ def make_residual_scaling_pass(feeds: dict[str, np.ndarray], tau: float = 3.0,
         return len(s_in)
 
     return scale
+
+
+def describe_residual_scaling(info: dict) -> str:
+    """One line for a report: what ``make_residual_scaling_pass`` recorded in ``info``."""
+    return (f"{info.get('scaled', 0)} of {info.get('segments', 0)} residual segment(s) scaled (channels above "
+            f"{info.get('tau')}x the median channel maximum); channels @ s per segment: "
+            f"{', '.join(str(c['scaled']) + ' @ ' + str(c['s']) for c in info.get('channels', []))}")
 
 
 def _scaled_layer_norm(g: Graph, y: str, out: str, s: np.ndarray, gamma: np.ndarray, beta: np.ndarray,

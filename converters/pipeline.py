@@ -704,9 +704,9 @@ def summary_markdown(report: dict) -> str:
                          f"{p['nodes_after']} nodes after")
     rs = report.get("residual_scaling")
     if rs and rs.get("scaled"):
-        lines += ["", f"Residual channel scaling (static int8): {rs['scaled']} of {rs['segments']} residual segments "
-                      f"scaled (channels above {rs['tau']}x the median channel maximum); channels @ s: "
-                      f"{', '.join(str(c['scaled']) + ' @ ' + str(c['s']) for c in rs['channels'])}."]
+        from .onnx_passes import describe_residual_scaling
+
+        lines += ["", f"Residual channel scaling (static int8): {describe_residual_scaling(rs)}."]
     for s in report["stages"]:
         if "fallback" in s:
             fb = s["fallback"]
