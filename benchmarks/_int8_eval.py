@@ -12,11 +12,13 @@ import numpy as np
 from mobilebert_mobile.converters.quantize import DEFAULT_FLOAT_OPS  # float inside the one partition: not a fallback
 
 
-def labels_tflite(path: str, feeds: dict) -> np.ndarray:
+def probs_tflite(path: str, feeds: dict) -> np.ndarray:
+    """Class probabilities of a classifier .tflite (softmax of its logits when it outputs those)."""
     from mobilebert_mobile.converters.tflite import run_tflite
+    from mobilebert_mobile.runtime.predictor import softmax
 
     out = run_tflite(path, feeds)
-    return out["probabilities" if "probabilities" in out else "logits"].argmax(-1)
+    return out["probabilities"] if "probabilities" in out else softmax(out["logits"].astype(np.float64))
 
 
 def convert_and_score(name: str, ckpt: str, precisions, feeds: dict, gold: np.ndarray, float_probs: np.ndarray,
@@ -28,10 +30,8 @@ def convert_and_score(name: str, ckpt: str, precisions, feeds: dict, gold: np.nd
     that are not near-ties, ``verify.TIE_MARGIN``; the ranges used; what was kept float besides
     attention) and the .tflite paths, copied into ``work`` under a name of their own so they outlive
     the conversion folder."""
+    from mobilebert_mobile.converters import verify
     from mobilebert_mobile.converters.pipeline import convert
-    from mobilebert_mobile.converters.verify import decided_texts
-
-    float_labels, decided = float_probs.argmax(-1), decided_texts(float_probs)
 
     slug = "".join(c if c.isalnum() else "_" for c in name)
     bdir = os.path.join(work, slug)
@@ -46,13 +46,13 @@ def convert_and_score(name: str, ckpt: str, precisions, feeds: dict, gold: np.nd
         if prec not in precisions:
             continue
         src = os.path.join(bdir, st["file"])
-        labels = labels_tflite(src, feeds)
+        probs = probs_tflite(src, feeds)
+        fid = verify.compare("classification", {"probabilities": probs}, {"probabilities": float_probs})  # as convert
         cal = st.get("calibration") or {}
         fb = st.get("fallback") or {}
-        row = {"model": name, "precision": prec, "accuracy": float(np.mean(labels == gold)),
-               "agreement": float(np.mean(labels == float_labels)),
-               "decided_agreement": float(np.mean((labels == float_labels)[decided])),
-               "near_ties": int(np.sum(~decided)),
+        row = {"model": name, "precision": prec, "accuracy": float(np.mean(probs.argmax(-1) == gold)),
+               "agreement": fid["label_agreement"], "decided_agreement": fid["decided_label_agreement"],
+               "near_ties": fid["near_ties"],
                "ranges": cal.get("source", cal.get("chosen", "")) if prec.startswith("int8") else "",
                "points_matched": cal.get("points_matched"), "points": cal.get("points"),
                "float_fallback": [o for o in fb.get("float_ops", []) if o not in DEFAULT_FLOAT_OPS]
