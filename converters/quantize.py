@@ -470,8 +470,9 @@ def op_types(model_bytes: bytes) -> set[str]:
     return {n for n in (code_name(c) for c in m.operatorCodes) if not n.isdigit()}  # named builtins only
 
 
-def _op_level(calibrated, evaluate, target, base_ops, steps, say) -> QuantResult | None:
-    candidates = sorted(op_types(calibrated) - LAYOUT_OPS - {"FULLY_CONNECTED"} - set(base_ops))
+def _op_level(calibrated, present: set[str], evaluate, target, base_ops, steps, say) -> QuantResult | None:
+    """``present``: the op types of ``calibrated`` (``op_types``)."""
+    candidates = sorted(present - LAYOUT_OPS - {"FULLY_CONNECTED"} - set(base_ops))
     if not candidates:
         return None
     floats = base_ops + candidates
@@ -509,7 +510,7 @@ def quantize_with_fallback(calibrated: bytes, evaluate: Callable[[bytes], float]
     res = QuantResult(model, score, score >= target, list(float_ops), [], steps)
     if res.meets_target:
         return res
-    op_res = _op_level(calibrated, evaluate, target, list(float_ops), steps, say)
+    op_res = _op_level(calibrated, present, evaluate, target, list(float_ops), steps, say)
     if op_res is not None and op_res.meets_target:
         return op_res
     if op_res is not None:
