@@ -851,6 +851,39 @@ def residual_segments(g: Graph) -> list[dict]:
     return segs
 
 
+def embedding_sums(g: Graph) -> list[dict]:
+    """LayerNorms over a sum of embedding lookups: ``LN(Gather(E1, ids) + Gather(E2, ...) + C)``, every
+    term a constant table gathered on axis 0 or a constant (a folded position embedding), every
+    partial sum read only by the next. Dividing a channel of every table by s divides that channel
+    of the sum, at no cost; all-MiniLM-L6-v2's embedding sum reaches 2.9 against a typical 0.08."""
+    prod, cons = g.producers(), g.consumers()
+    out = []
+    for ln in g.nodes:
+        if not (ln.op_type == "LayerNormalization" and len(ln.input) >= 3 and ln.input[1] in g.consts
+                and ln.input[2] in g.consts and next((a.i for a in ln.attribute if a.name == "axis"), -1) == -1):
+            continue
+        h = g.consts[ln.input[1]].shape[-1]
+        x, leaves, adds, stack, ok = ln.input[0], [], [], [(ln.input[0], ln)], True
+        while stack and ok:
+            t, parent = stack.pop()
+            n = prod.get(t)
+            if t in g.consts:
+                ok = g.consts[t].ndim >= 1 and g.consts[t].shape[-1] == h
+                leaves.append((parent, t))
+            elif n is not None and n.op_type == "Add" and len(n.input) == 2 and cons.get(t) == [parent]:
+                adds.append(n)
+                stack += [(i, n) for i in n.input]
+            elif n is not None and n.op_type == "Gather" and n.input[0] in g.consts and cons.get(t) == [parent] \
+                    and g.consts[n.input[0]].ndim == 2 and g.consts[n.input[0]].shape[1] == h \
+                    and next((a.i for a in n.attribute if a.name == "axis"), 0) == 0:
+                leaves.append((n, n.input[0]))
+            else:
+                ok = False
+        if ok and adds and any(n.op_type == "Gather" for n, _ in leaves):
+            out.append({"ln": ln, "x": x, "leaves": leaves})
+    return out
+
+
 def two_level_scales(amax: np.ndarray, tau: float, max_scale: float = 1e3) -> np.ndarray | None:
     """s = M on the channels whose max |x| exceeds tau x the median channel maximum, 1 elsewhere,
     with M bringing the largest channel down to that threshold (at most ``max_scale``: a mostly-zero
@@ -879,12 +912,12 @@ def make_residual_scaling_pass(feeds: dict[str, np.ndarray], tau: float = 3.0,
     """
 
     def scale(g: Graph) -> int:
-        segs = residual_segments(g)
+        segs, embs = residual_segments(g), embedding_sums(g)
         if info is not None:
-            info.update({"segments": len(segs), "tau": tau, "scaled": 0, "channels": []})
-        if not segs:
+            info.update({"segments": len(segs), "tau": tau, "scaled": 0, "channels": [], "embedding_sums": []})
+        if not segs and not embs:
             return 0
-        names = sorted({s[k] for s in segs for k in ("z", "o", "x")})
+        names = sorted({s[k] for s in segs for k in ("z", "o", "x")} | {e["x"] for e in embs})
         amax = channel_absmax(g.snapshot(), feeds, names)
         # s per LN output (LN_a of a segment) and per LN input (LN_b): one vector per segment
         s_out: dict[int, np.ndarray] = {}
@@ -903,6 +936,16 @@ def make_residual_scaling_pass(feeds: dict[str, np.ndarray], tau: float = 3.0,
             if info is not None:
                 info["scaled"] += 1
                 info["channels"].append({"scaled": int((s > 1).sum()), "s": round(float(s.max()), 2)})
+        for e in embs:  # the embedding sum: every table's channel divided by s, for free
+            s = two_level_scales(amax[e["x"]], tau)
+            if s is None:
+                continue
+            s_in[id(e["ln"])] = s
+            for node, name in e["leaves"]:
+                k = list(node.input).index(name)
+                node.input[k] = g.new_const((g.consts[name] / s).astype(np.float32), "rs_e")
+            if info is not None:
+                info["embedding_sums"].append({"scaled": int((s > 1).sum()), "s": round(float(s.max()), 2)})
         lns = [n for n in g.nodes if id(n) in s_out or id(n) in s_in]
         for ln in lns:
             si, so = s_in.get(id(ln)), s_out.get(id(ln))
@@ -925,7 +968,8 @@ def describe_residual_scaling(info: dict) -> str:
     """One line for a report: what ``make_residual_scaling_pass`` recorded in ``info``."""
     return (f"{info.get('scaled', 0)} of {info.get('segments', 0)} residual segment(s) scaled (channels above "
             f"{info.get('tau')}x the median channel maximum); channels @ s per segment: "
-            f"{', '.join(str(c['scaled']) + ' @ ' + str(c['s']) for c in info.get('channels', []))}")
+            f"{', '.join(str(c['scaled']) + ' @ ' + str(c['s']) for c in info.get('channels', []))}"
+            + "".join(f"; embedding sum: {c['scaled']} @ {c['s']}" for c in info.get("embedding_sums", [])))
 
 
 def _scaled_layer_norm(g: Graph, y: str, out: str, s: np.ndarray, gamma: np.ndarray, beta: np.ndarray,

@@ -103,19 +103,23 @@ def test_residual_scaling_is_exact_in_float_and_flattens_the_residual_stream(min
     g = P.Graph(copy.deepcopy(minilm_graph))
     segs = P.residual_segments(g)
     assert len(segs) == 12  # attention and FFN of each of the 6 layers
-    sums = [s["x"] for s in segs]
+    embs = P.embedding_sums(g)
+    assert len(embs) == 1 and len(embs[0]["leaves"]) == 3  # word and token-type lookups, folded positions
+    sums = [s["x"] for s in segs] + [embs[0]["x"]]
     info = {}
     n = P.make_residual_scaling_pass(feeds, tau=3.0, info=info)(g)
     out = g.finalize()
-    assert n == info["scaled"] and 3 <= n <= 12
+    assert len(info["embedding_sums"]) == 1 and info["embedding_sums"][0]["scaled"] >= 1
+    assert n == info["scaled"] + 1 and 4 <= n <= 13
     a, b = P.run_onnx(minilm_graph, feeds), P.run_onnx(out, feeds)
     for k in a:
         np.testing.assert_allclose(b[k], a[k], atol=2e-5, rtol=1e-4)
     ops = P.op_counts(out)
-    assert ops["LayerNormalization"] == 13 - n and ops["Pow"] == n  # each scaled sum's LayerNorm made explicit
+    assert ops.get("LayerNormalization", 0) == 13 - n and ops["Pow"] == n  # each scaled sum's LayerNorm made explicit
     before, after = _spread(minilm_graph, feeds, sums), _spread(out, feeds, sums)
     worst = max(before, key=before.get)
     assert before[worst] > 20 and after[worst] < before[worst] / 3
+    assert after[embs[0]["x"]] < before[embs[0]["x"]] / 2  # the embedding sum, scaled through its tables
     # two levels: every statistics-correction weight vector holds zeros and one other value (exact in int8)
     w = [v for k, v in P.Graph(copy.deepcopy(out)).consts.items() if k.startswith(("pass_rs_wm", "pass_rs_wv"))]
     assert len(w) == 2 * n and all(len(np.unique(v)) == 2 and 0 in v for v in w)
