@@ -75,7 +75,7 @@ def run(checkpoint: str, *, task: str | None = None, seq_len: int = 128, calib_n
         graphs[f"residual-scaled tau={tau}"] = ("residual", tau)
     for gname, extra in graphs.items():
         t = time.perf_counter()
-        passes = P.passes_for(static_int8=True)  # as convert runs them for an int8 model
+        passes = P.passes_for(static_int8=True, calib_feeds=calib)  # as convert runs them for an int8 model
         einfo: dict = {}
         if extra is not None and extra[0] == "equalize":
             at = [n for n, _ in passes].index("fuse_gelu") + 1

@@ -313,7 +313,7 @@ def _onnx_stages(job: _Job) -> dict:
     import onnx
 
     from .export import export_onnx
-    from .onnx_passes import (fold_nonorm_through_residuals, make_fuse_siblings_pass, make_residual_scaling_pass,
+    from .onnx_passes import (fold_nonorm_through_residuals, make_residual_scaling_pass,
                               op_counts, passes_for, run_onnx, run_passes)
 
     o, pr = job.opts, job.pr
@@ -330,15 +330,15 @@ def _onnx_stages(job: _Job) -> dict:
     static_int8 = any(p in STATIC_INT8 for p in o.precisions)
     float_too = any(p not in STATIC_INT8 for p in o.precisions)
     # learned (QAT) ranges are for static int8 only: without it the NoNorms need not stay to be found
-    passes, fuse_info = passes_for(static_int8=static_int8, learned_ranges=static_int8 and job.learned is not None), {}
-    if static_int8:  # static int8: fuse only like magnitudes
-        cal16 = {k: v[:16] for k, v in job.calib_feeds.items()}
-        passes = [(n, make_fuse_siblings_pass(cal16, info=fuse_info) if n == "fuse_sibling_matmuls" else f)
-                  for n, f in passes]
+    pinfo: dict = {}
+    passes = passes_for(static_int8=static_int8, learned_ranges=static_int8 and job.learned is not None,
+                        calib_feeds=job.calib_feeds if static_int8 else None, info=pinfo)
     opt, results = run_passes(onx, sub, passes=passes, progress=lambda name: pr.note(f"pass {name}"))
     job.report["passes"] = [r.__dict__ for r in results]
-    if fuse_info:
-        job.report["sibling_fusion"] = fuse_info
+    if pinfo.get("sibling_fusion"):
+        job.report["sibling_fusion"] = pinfo["sibling_fusion"]
+    if pinfo.get("query_key"):
+        job.report["query_key_equalization"] = pinfo["query_key"]
     m = job.check("onnx (optimised)", run_onnx(opt, job.held_feeds), FLOAT_TOLERANCE["fp32"])
     entry = {"stage": "onnx (optimised)", **m, "ops": op_counts(opt)}
     job.report["stages"].append(entry)
@@ -702,8 +702,13 @@ def summary_markdown(report: dict) -> str:
         for p in report.get(key, []):
             lines.append(f"- {p['name']}{where}: {p['rewrites']} rewrite(s), max abs diff {p['max_abs_diff']:.3g}, "
                          f"{p['nodes_after']} nodes after")
+    qk = report.get("query_key_equalization")
+    if qk and qk.get("pairs"):
+        lines += ["", f"Query/key equalization (static int8): {qk['pairs']} attention score(s); each query channel "
+                      f"and its key channel brought to one range (keys were {qk.get('key_over_query_median')}x the "
+                      f"queries, median channel)."]
     rs = report.get("residual_scaling")
-    if rs and rs.get("scaled"):
+    if rs and (rs.get("scaled") or rs.get("embedding_sums")):
         from .onnx_passes import describe_residual_scaling
 
         lines += ["", f"Residual channel scaling (static int8): {describe_residual_scaling(rs)}."]

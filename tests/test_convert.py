@@ -126,6 +126,10 @@ def test_gelu_layernorm_preset_converts(tmp_path):
 
     assert {"GELU", "RSQRT"} <= set(float_compute_ops((tmp_path / "b" / "model_int8.tflite").read_bytes()))
     assert int8["fallback"]["float_ops"] == ["BATCH_MATMUL", "SOFTMAX", "GELU", "RSQRT"]
+    # static int8 only: queries and keys evened before sibling fusion, recorded and reported
+    assert r["query_key_equalization"]["pairs"] == 1
+    assert "equalize_query_key" in [p["name"] for p in r["passes"]]
+    assert "Query/key equalization (static int8): 1 attention score" in (tmp_path / "b" / "report.md").read_text()
 
 
 # ----------------------------------------------------------------------------- bad input

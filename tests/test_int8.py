@@ -484,3 +484,40 @@ def test_layer_norm_statistics_stay_float_and_keep_the_variance():
         return float(np.mean(e))
 
     assert err(ours) < 0.75 * err(eps_only)  # measured: 0.106 against 0.187
+
+
+@pytest.fixture(scope="module")
+def minilm_unfused(minilm_dir, feeds):
+    """The real all-MiniLM-L6-v2 after the static-int8 passes that come before sibling fusion."""
+    model, task, _ = E.load_for_export(minilm_dir, "embedding", mask_value=-100.0)
+    outs = tuple(E.DEFAULT_OUTPUTS[task])
+    onx = E.export_onnx(E.ExportWrapper.build(model, task, outs), None, batch=1, seq_len=SEQ, outputs=outs)
+    passes = P.passes_for(static_int8=True)
+    opt, _ = P.run_passes(onx, feeds, passes=passes[:[n for n, _ in passes].index("fuse_sibling_matmuls")])
+    return opt
+
+
+def test_query_key_equalization_is_exact_and_evens_the_ranges(minilm_unfused, feeds):
+    g = P.Graph(copy.deepcopy(minilm_unfused))
+    pairs = P.attention_score_pairs(g)
+    assert len(pairs) == 6
+    names = [(p["q"][1].output[0], p["k"][1].output[0]) for p in pairs]
+    before = P.channel_absmax(minilm_unfused, feeds, [n for qk in names for n in qk])
+    info = {}
+    assert P.make_equalize_query_key_pass(feeds, info=info)(g) == 6
+    out = g.finalize()
+    a, b = P.run_onnx(minilm_unfused, feeds), P.run_onnx(out, feeds)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], atol=2e-5, rtol=1e-4)
+    after = P.channel_absmax(out, feeds, [n for qk in names for n in qk])
+    for q, k in names:
+        assert before[k].max() / before[q].max() > 2  # the queries carry the attention scale: smaller
+        np.testing.assert_allclose(after[q], after[k], rtol=1e-3)  # same data: each pair now even
+    assert info["key_over_query_median"] > 2
+    # a key left uncompensated changes every score: the check that guards the pass can fail
+    km = pairs[0]["k"][0]
+    km.input[1] = g.new_const(g.consts[km.input[1]] * 2.0, "bad")
+    bad = g.finalize()
+    c = P.run_onnx(bad, feeds)
+    assert max(float(np.abs(a[k] - c[k]).max()) for k in a) > 1e-3
+
