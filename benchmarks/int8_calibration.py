@@ -75,7 +75,9 @@ def run(checkpoint: str, *, task: str | None = None, seq_len: int = 128, calib_n
         graphs[f"residual-scaled tau={tau}"] = ("residual", tau)
     for gname, extra in graphs.items():
         t = time.perf_counter()
-        passes = P.passes_for(static_int8=True, calib_feeds=calib)  # as convert runs them for an int8 model
+        pinfo: dict = {}
+        passes = P.passes_for(static_int8=True, calib_feeds=calib, info=pinfo)  # as convert runs them for int8
+        res.setdefault("query_key", {})[gname] = pinfo.get("query_key", {})
         einfo: dict = {}
         if extra is not None and extra[0] == "equalize":
             at = [n for n, _ in passes].index("fuse_gelu") + 1
@@ -138,7 +140,7 @@ def markdown(res: dict) -> str:
              f"Machine: {mach['cpu']}, {mach['cores']} cores, int8 ISA {mach['int8_isa']['best']}. Held-out: "
              f"{res['heldout_texts']} Rotten Tomatoes sentences, calibration: {res['calibration_texts']} others. "
              f"int8 = int8 activations everywhere except the ops XNNPACK has no int8 kernel for "
-             f"({', '.join(res.get('float_ops', ['BATCH_MATMUL', 'SOFTMAX']))}, and RSQRT's epsilon add: float "
+             f"({', '.join(res.get('float_ops', ['BATCH_MATMUL', 'SOFTMAX']))}, and the LayerNorm variance feeding RSQRT: float "
              f"inside the XNNPACK partition); no op-type or layer fallback. Latency: XNNPACK, 2 threads, interleaved, median. "
              f"Command: `{res.get('command', '')}`", "",
              f"| variant | {res['metric']} | max abs diff | median ms | ranges kept (median of tensors) |",
@@ -150,6 +152,10 @@ def markdown(res: dict) -> str:
     for g, e in res["equalization"].items():
         lines += ["", f"Equalization ({g}): {e.get('sites', 0)} site(s) folded {e.get('by_kind', {})}; blocked "
                       f"(an output also read by a residual add or non-linear op): {e.get('blocked_by_kind', {})}."]
+    for g, e in res.get("query_key", {}).items():
+        if e.get("pairs"):
+            lines += ["", f"Query/key equalization ({g}): {e['pairs']} attention score(s), keys "
+                          f"{e.get('key_over_query_median')}x the queries before (median channel)."]
     for g, e in res.get("residual_scaling", {}).items():
         lines += ["", f"Residual channel scaling ({g}): {describe_residual_scaling(e)}."]
     lines.append("")
