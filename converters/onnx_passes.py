@@ -445,31 +445,14 @@ def fold_attention_scale(g: Graph) -> int:
         mm = prod.get(a)
         if mm is None or mm.op_type != "MatMul" or mm.input[1] in g.consts or not _single_consumer(cons, a):
             continue
-        # walk back from Q through Transpose/Reshape to Add(MatMul(x, Wq), bq)
-        name = mm.input[0]
-        chain_ok = True
-        while True:
-            n = prod.get(name)
-            if n is None or not _single_consumer(cons, name):
-                chain_ok = False
-                break
-            if n.op_type in ("Transpose", "Reshape"):
-                name = n.input[0]
-                continue
-            break
-        if not chain_ok:
+        proj = _projection(g, mm.input[0], prod, cons)  # Q back through Transpose/Reshape to Add(MatMul(x, Wq), bq)
+        if proj is None:
             continue
-        bias_add = prod[name]
-        terms = [bias_add.input[0], bias_add.input[1]] if bias_add.op_type == "Add" else []
-        w_mm = next((prod.get(t) for t in terms if prod.get(t) is not None and prod[t].op_type == "MatMul"), None)
-        b_name = next((t for t in terms if t in g.consts), None)
-        if w_mm is None or b_name is None or w_mm.input[1] not in g.consts:
-            continue
-        if not _single_consumer(cons, w_mm.output[0]):
-            continue
+        w_mm, bias_add, b_name = proj
         scale = float(c.reshape(()))
         w_mm.input[1] = g.new_const((g.consts[w_mm.input[1]] * scale).astype(np.float32), "qscaled")
-        bias_add.input[terms.index(b_name)] = g.new_const((g.consts[b_name] * scale).astype(np.float32), "qscaled")
+        bias_add.input[list(bias_add.input).index(b_name)] = g.new_const((g.consts[b_name] * scale).astype(np.float32),
+                                                                       "qscaled")
         g.replace_uses(mul.output[0], a)
         g.remove([mul])
         count += 1
