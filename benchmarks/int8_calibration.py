@@ -11,6 +11,9 @@ threads).
 Command (the results file records it)::
 
     python -m mobilebert_mobile.benchmarks.int8_calibration --checkpoint minilm --residual-tau 3,6 --out benchmarks/results/int8
+
+``--tensor-errors`` adds, for the last graph's MSE-ranged int8, where its error enters: every tensor
+against the fp32 model of the same graph (``tensor_errors.py``).
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ import numpy as np
 
 
 def run(checkpoint: str, *, task: str | None = None, seq_len: int = 128, calib_n: int = 100, held_n: int = 200,
-        alphas=(0.5,), taus=(), threads: int = 2, full: bool = False, log=print) -> dict:
+        alphas=(0.5,), taus=(), threads: int = 2, full: bool = False, tensor_errors: bool = False,
+        log=print) -> dict:
     from mobilebert_mobile._machine import machine
     from mobilebert_mobile.converters import calibration as cal
     from mobilebert_mobile.converters import onnx_passes as P
@@ -112,6 +116,14 @@ def run(checkpoint: str, *, task: str | None = None, seq_len: int = 128, calib_n
                 res["variants"][fname] = {**score(qf, fname.replace(" ", "_").replace(",", "").replace("=", "")),
                                           "ranges": stats, "float_compute_ops": float_compute_ops(qf)}
                 log(f"{fname}: {metric} {res['variants'][fname]['score']:.4f}")
+        if tensor_errors and gname == list(graphs)[-1]:  # the last graph's MSE-ranged int8, tensor by tensor
+            from .tensor_errors import tensor_errors as per_tensor
+
+            fp = os.path.join(work, "fp32_same_graph.tflite")
+            with open(fp, "wb") as fh:
+                fh.write(name_io_tensors(tfl_convert(fn, "fp32")))
+            res["tensor_errors"] = {"variant": f"int8 mse, {gname}", "texts": 8,
+                                    "rows": per_tensor(fp, res["variants"][f"int8 mse, {gname}"]["path"], held)}
         log(f"{gname}: {time.perf_counter() - t:.0f} s")
     # latency, interleaved
     from .op_profile import model_feeds
@@ -158,6 +170,12 @@ def markdown(res: dict) -> str:
                           f"{e.get('key_over_query_median')}x the queries before (median channel)."]
     for g, e in res.get("residual_scaling", {}).items():
         lines += ["", f"Residual channel scaling ({g}): {describe_residual_scaling(e)}."]
+    te = res.get("tensor_errors")
+    if te:
+        from .tensor_errors import markdown as te_markdown
+
+        lines += ["", f"## Where the error enters ({te['variant']}; {te['texts']} held-out texts, every tensor "
+                      f"against the fp32 model of the same graph, largest increases first)", ""] + te_markdown(te["rows"])
     lines.append("")
     return "\n".join(lines)
 
@@ -173,6 +191,8 @@ def main(argv=None) -> int:
     ap.add_argument("--residual-tau", default="", help="residual channel scaling thresholds to try "
                     "(comma-separated; x the median channel maximum; empty: none)")
     ap.add_argument("--int8-full", action="store_true", help="also every compute op int8 (attention included)")
+    ap.add_argument("--tensor-errors", action="store_true", help="also compare the last graph's MSE-ranged int8 "
+                    "with its fp32 model tensor by tensor (where the error enters)")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     ck = a.checkpoint
@@ -182,7 +202,8 @@ def main(argv=None) -> int:
         ck = str(assets.minilm_dir())
     res = run(ck, task=a.task, calib_n=a.calibration_size, held_n=a.heldout_size,
               alphas=tuple(float(x) for x in a.alpha.split(",") if x),
-              taus=tuple(float(x) for x in a.residual_tau.split(",") if x), full=a.int8_full, log=lambda s: print(s, file=sys.stderr,
+              taus=tuple(float(x) for x in a.residual_tau.split(",") if x), full=a.int8_full,
+              tensor_errors=a.tensor_errors, log=lambda s: print(s, file=sys.stderr,
                                                                                          flush=True))
     res["command"] = "python -m mobilebert_mobile.benchmarks.int8_calibration " + " ".join(
         argv if argv is not None else sys.argv[1:])
