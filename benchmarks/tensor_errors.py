@@ -62,24 +62,40 @@ def tensor_errors(float_path: str, int8_path: str, feeds: dict, *, samples: int 
                 row = acc.setdefault(o, {"op_index": op["index"], "op": op["op_name"], "tensor": t["name"],
                                          "dtype": np.dtype(t["dtype"]).name, "errors": [], "std": [],
                                          "scale": float(scale) if q.dtype != np.float32 and scale else 0.0,
-                                         "inputs": [i for i in op["inputs"] if i >= 0]})
+                                         "inputs": [i for i in op["inputs"] if i >= 0],
+                                         "per_token": f.ndim >= 2 and f.shape[-1] == 1})
                 row["errors"].append(float(np.linalg.norm(q - f) / (np.linalg.norm(f) + 1e-12)))
                 row["std"].append(float(f.std()))
+    # a (DE)QUANTIZE output has no float twin: it carries its input's error (so a float op's increase is its own)
+    alias = {o: op["inputs"][0] for op in ops if op["op_name"] in ("QUANTIZE", "DEQUANTIZE") for o in op["outputs"]}
+
+    def err_of(i: int) -> float | None:
+        for _ in range(4):
+            if i in acc:
+                return float(np.mean(acc[i]["errors"]))
+            if i not in alias:
+                return None
+            i = alias[i]
+        return None
+
     rows = []
     for o, r in sorted(acc.items(), key=lambda kv: kv[1]["op_index"]):
         err = float(np.mean(r["errors"]))
-        before = max((float(np.mean(acc[i]["errors"])) for i in r["inputs"] if i in acc), default=0.0)
+        before = max((e for e in (err_of(i) for i in r["inputs"]) if e is not None), default=0.0)
         std = float(np.mean(r["std"]))
         rows.append({"op_index": r["op_index"], "op": r["op"], "tensor": r["tensor"], "dtype": r["dtype"],
+                     "per_token_statistic": bool(r["per_token"]),
                      "rel_error": round(err, 5), "increase": round(err - before, 5),
                      "step_over_std": round(r["scale"] / std, 4) if r["scale"] and std > 0 else None})
     return rows
 
 
 def markdown(rows: list[dict], top: int = 15) -> list[str]:
-    """The ``top`` largest increases, then the error where the model ends."""
+    """The ``top`` largest increases, then the error where the model ends. Per-token statistics
+    ([tokens, 1]: a LayerNorm's mean, its RSQRT) are left out of the ranking: near zero, their
+    relative error says little, and what they cost shows in the op that reads them."""
     lines = ["| op # | op | tensor | dtype | relative error | increase here | int8 step / std |", "|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: -r["increase"])[:top]:
+    for r in sorted((r for r in rows if not r.get("per_token_statistic")), key=lambda r: -r["increase"])[:top]:
         lines.append(f"| {r['op_index']} | {r['op']} | `{r['tensor'][-60:]}` | {r['dtype']} | {r['rel_error']:.4f} | "
                      f"{r['increase']:+.4f} | {'' if r['step_over_std'] is None else r['step_over_std']} |")
     if rows:
