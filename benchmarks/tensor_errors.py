@@ -30,6 +30,16 @@ def _feed(it, feeds: dict, s: int) -> None:
     it.invoke()
 
 
+def _real_tokens(x: np.ndarray, real: int, seq: int) -> np.ndarray:
+    """``x`` on the real tokens only: every axis of the sequence's length after the batch, except the
+    last of a 2-D/3-D tensor (its channels, which may also number ``seq``: MobileBERT's 128). Scores
+    [B, heads, S, S] keep real queries x real keys; padded positions are masked in the model."""
+    for ax in range(1, x.ndim):
+        if x.shape[ax] == seq and (x.ndim == 4 or ax < x.ndim - 1):
+            x = np.take(x, np.arange(real), axis=ax)
+    return x
+
+
 def tensor_errors(float_path: str, int8_path: str, feeds: dict, *, samples: int = 8) -> list[dict]:
     """Rows in the int8 model's op order: op, tensor, dtype, relative error, increase at this op,
     int8 step over the float tensor's standard deviation (how coarse its scale is)."""
@@ -57,8 +67,8 @@ def tensor_errors(float_path: str, int8_path: str, feeds: dict, *, samples: int 
                     continue
                 scale, zero = t["quantization"]
                 q = (q.astype(np.float64) - zero) * scale if scale and q.dtype != np.float32 else q.astype(np.float64)
-                if real is not None and f.ndim >= 2 and f.shape[1] == mask.shape[1]:
-                    f, q = f[:, :real], q[:, :real]  # real tokens only
+                if real is not None:
+                    f, q = _real_tokens(f, real, mask.shape[1]), _real_tokens(q, real, mask.shape[1])
                 row = acc.setdefault(o, {"op_index": op["index"], "op": op["op_name"], "tensor": t["name"],
                                          "dtype": np.dtype(t["dtype"]).name, "errors": [], "std": [],
                                          "scale": float(scale) if q.dtype != np.float32 and scale else 0.0,

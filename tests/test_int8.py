@@ -552,3 +552,8 @@ def test_tensor_errors_locate_where_int8_error_enters(tmp_path):
     assert var_ours["increase"] < var_full["increase"] / 5  # measured 0.001 against 0.030
     assert kept[-1]["rel_error"] < rows[-1]["rel_error"]
     assert markdown(rows)[0].startswith("| op # |")
+    from mobilebert_mobile.benchmarks.tensor_errors import _real_tokens
+
+    # real tokens of scores, K^T and hidden states; MobileBERT's 128 channels at seq 128 stay whole
+    assert [_real_tokens(np.zeros(sh), 5, 128).shape for sh in ((1, 4, 128, 128), (1, 4, 32, 128), (1, 128, 128))] \
+        == [(1, 4, 5, 5), (1, 4, 32, 5), (1, 5, 128)]
