@@ -145,7 +145,7 @@ def run(checkpoint: str, *, task: str | None = None, seq_len: int = 128, calib_n
 
 
 def markdown(res: dict) -> str:
-    from mobilebert_mobile.converters.onnx_passes import describe_residual_scaling
+    from mobilebert_mobile.converters.onnx_passes import describe_query_key, describe_residual_scaling
 
     mach = res["machine"]
     lines = [f"# Full-int8 calibration without fallback: {res['family']} {res['task']} (`{res['checkpoint']}`)", "",
@@ -166,8 +166,7 @@ def markdown(res: dict) -> str:
                       f"(an output also read by a residual add or non-linear op): {e.get('blocked_by_kind', {})}."]
     for g, e in res.get("query_key", {}).items():
         if e.get("pairs"):
-            lines += ["", f"Query/key equalization ({g}): {e['pairs']} attention score(s), keys "
-                          f"{e.get('key_over_query_median')}x the queries before (median channel)."]
+            lines += ["", f"Query/key equalization ({g}): {describe_query_key(e)}."]
     for g, e in res.get("residual_scaling", {}).items():
         lines += ["", f"Residual channel scaling ({g}): {describe_residual_scaling(e)}."]
     te = res.get("tensor_errors")

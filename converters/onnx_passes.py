@@ -835,6 +835,12 @@ def make_equalize_query_key_pass(feeds: dict[str, np.ndarray], max_scale: float 
     return equalize
 
 
+def describe_query_key(info: dict) -> str:
+    """One line for a report: what ``make_equalize_query_key_pass`` recorded in ``info``."""
+    return (f"{info.get('pairs', 0)} attention score(s); each query channel and its key channel brought to one "
+            f"range (keys were {info.get('key_over_query_median')}x the queries, median channel)")
+
+
 def make_fuse_siblings_pass(feeds: dict[str, np.ndarray], max_ratio: float = 4.0,
                             info: dict | None = None) -> Callable[[Graph], int]:
     """``fuse_sibling_matmuls`` that keeps siblings of very different magnitudes apart (int8)."""
@@ -883,21 +889,22 @@ def make_equalize_pass(feeds: dict[str, np.ndarray], alpha: float = 0.5, max_sca
 
 
 # ------------------------------------------------------------ residual-stream channel scaling (LayerNorm)
+def _last_axis_layer_norm(g: Graph, n) -> bool:
+    """A LayerNormalization over the last axis with constant gamma and beta."""
+    return n is not None and n.op_type == "LayerNormalization" and len(n.input) >= 3 \
+        and n.input[1] in g.consts and n.input[2] in g.consts and \
+        next((a.i for a in n.attribute if a.name == "axis"), -1) == -1
+
+
 def residual_segments(g: Graph) -> list[dict]:
     """Post-LN residual segments: ``LN_a -> z``, z read only by constant-weight linears and one residual
     ``Add(o, z)`` with ``o = MatMul(h, Wo) + bo`` (the sublayer's last linear), the sum read only by
     ``LN_b``. BERT has two per layer (attention, FFN); all-MiniLM-L6-v2's outlier channels (up to
     +-220 against a median channel maximum near 5) live in o and in the sum."""
     prod, cons = g.producers(), g.consumers()
-
-    def layer_norm(n) -> bool:
-        return n is not None and n.op_type == "LayerNormalization" and len(n.input) >= 3 \
-            and n.input[1] in g.consts and n.input[2] in g.consts and \
-            next((a.i for a in n.attribute if a.name == "axis"), -1) == -1
-
     segs = []
     for ln_b in g.nodes:
-        if not layer_norm(ln_b):
+        if not _last_axis_layer_norm(g, ln_b):
             continue
         x = ln_b.input[0]
         add = prod.get(x)
@@ -905,7 +912,7 @@ def residual_segments(g: Graph) -> list[dict]:
             continue
         for z, o in (add.input, add.input[::-1]):
             ln_a, bias_add = prod.get(z), prod.get(o)
-            if not layer_norm(ln_a) or bias_add is None or bias_add.op_type != "Add" or cons[o] != [add]:
+            if not _last_axis_layer_norm(g, ln_a) or bias_add is None or bias_add.op_type != "Add" or cons[o] != [add]:
                 continue
             b = next((i for i in bias_add.input if i in g.consts and g.consts[i].ndim == 1), None)
             mm = prod.get(next((i for i in bias_add.input if i != b), "")) if b is not None else None
@@ -928,8 +935,7 @@ def embedding_sums(g: Graph) -> list[dict]:
     prod, cons = g.producers(), g.consumers()
     out = []
     for ln in g.nodes:
-        if not (ln.op_type == "LayerNormalization" and len(ln.input) >= 3 and ln.input[1] in g.consts
-                and ln.input[2] in g.consts and next((a.i for a in ln.attribute if a.name == "axis"), -1) == -1):
+        if not _last_axis_layer_norm(g, ln):
             continue
         h = g.consts[ln.input[1]].shape[-1]
         x, leaves, adds, stack, ok = ln.input[0], [], [], [(ln.input[0], ln)], True

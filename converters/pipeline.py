@@ -702,15 +702,13 @@ def summary_markdown(report: dict) -> str:
         for p in report.get(key, []):
             lines.append(f"- {p['name']}{where}: {p['rewrites']} rewrite(s), max abs diff {p['max_abs_diff']:.3g}, "
                          f"{p['nodes_after']} nodes after")
+    from .onnx_passes import describe_query_key, describe_residual_scaling
+
     qk = report.get("query_key_equalization")
     if qk and qk.get("pairs"):
-        lines += ["", f"Query/key equalization (static int8): {qk['pairs']} attention score(s); each query channel "
-                      f"and its key channel brought to one range (keys were {qk.get('key_over_query_median')}x the "
-                      f"queries, median channel)."]
+        lines += ["", f"Query/key equalization (static int8): {describe_query_key(qk)}."]
     rs = report.get("residual_scaling")
     if rs and (rs.get("scaled") or rs.get("embedding_sums")):
-        from .onnx_passes import describe_residual_scaling
-
         lines += ["", f"Residual channel scaling (static int8): {describe_residual_scaling(rs)}."]
     for s in report["stages"]:
         if "fallback" in s:
