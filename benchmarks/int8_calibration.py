@@ -98,9 +98,11 @@ def run(checkpoint: str, *, task: str | None = None, seq_len: int = 128, calib_n
             for s in range(calib["input_ids"].shape[0]):
                 yield {k: calib[k][s:s + 1] for k in INPUT_NAMES}
 
+        fp32_path = None  # this graph's fp32 model, when made
         if extra is None:
             res["variants"]["dynamic-int8"] = score(tfl_convert(fn, "dynamic-int8"), "dyn")
             res["variants"]["fp32"] = score(tfl_convert(fn, "fp32"), "fp32")
+            fp32_path = res["variants"]["fp32"]["path"]
         calibrated = calibrate(make_converter(fn, "int8", representative))
         hists = activation_histograms(calibrated, calib)
         for method in RANGE_METHODS:
@@ -119,11 +121,12 @@ def run(checkpoint: str, *, task: str | None = None, seq_len: int = 128, calib_n
         if tensor_errors and gname == list(graphs)[-1]:  # the last graph's MSE-ranged int8, tensor by tensor
             from .tensor_errors import tensor_errors as per_tensor
 
-            fp = os.path.join(work, "fp32_same_graph.tflite")
-            with open(fp, "wb") as fh:
-                fh.write(name_io_tensors(tfl_convert(fn, "fp32")))
+            if fp32_path is None:
+                fp32_path = os.path.join(work, "fp32_same_graph.tflite")
+                with open(fp32_path, "wb") as fh:
+                    fh.write(name_io_tensors(tfl_convert(fn, "fp32")))
             res["tensor_errors"] = {"variant": f"int8 mse, {gname}", "texts": 8,
-                                    "rows": per_tensor(fp, res["variants"][f"int8 mse, {gname}"]["path"], held)}
+                                    "rows": per_tensor(fp32_path, res["variants"][f"int8 mse, {gname}"]["path"], held)}
         log(f"{gname}: {time.perf_counter() - t:.0f} s")
     # latency, interleaved
     from .op_profile import model_feeds

@@ -13,20 +13,20 @@ from __future__ import annotations
 import numpy as np
 
 
-def _interpreter(path: str):
+def _interpreter(path: str, feeds: dict):
+    """Builtin kernels (XNNPACK hides intermediates), every tensor kept, inputs matched to ``feeds``."""
+    from mobilebert_mobile.converters.quantize import interpreter_inputs
     from mobilebert_mobile.runtime.litert import interpreter
 
-    it = interpreter(path, use_xnnpack=False, preserve_all_tensors=True)
-    it.allocate_tensors()
-    return it
+    it = interpreter(path, use_xnnpack=False, preserve_all_tensors=True, allocate=True)
+    shapes = {d["index"]: d["shape"] for d in it.get_input_details()}
+    return it, [(i, key, dt, shapes[i]) for i, key, dt in interpreter_inputs(it, feeds)]
 
 
-def _feed(it, feeds: dict, s: int) -> None:
-    for d in it.get_input_details():
-        key = next((k for k in feeds if k in d["name"]), None)
-        if key is None:
-            raise ValueError(f"no input for model input {d['name']!r} (have {sorted(feeds)})")
-        it.set_tensor(d["index"], feeds[key][s:s + 1].reshape(d["shape"]).astype(d["dtype"]))  # sample s
+def _feed(interp, feeds: dict, s: int) -> None:
+    it, inputs = interp
+    for idx, key, dt, shape in inputs:
+        it.set_tensor(idx, feeds[key][s:s + 1].reshape(shape).astype(dt))  # sample s
     it.invoke()
 
 
@@ -43,7 +43,8 @@ def _real_tokens(x: np.ndarray, real: int, seq: int) -> np.ndarray:
 def tensor_errors(float_path: str, int8_path: str, feeds: dict, *, samples: int = 8) -> list[dict]:
     """Rows in the int8 model's op order: op, tensor, dtype, relative error, increase at this op,
     int8 step over the float tensor's standard deviation (how coarse its scale is)."""
-    fi, qi = _interpreter(float_path), _interpreter(int8_path)
+    fin, qin = _interpreter(float_path, feeds), _interpreter(int8_path, feeds)
+    fi, qi = fin[0], qin[0]
     fidx = {t["name"]: t["index"] for t in fi.get_tensor_details()}
     qdet = {t["index"]: t for t in qi.get_tensor_details()}
     ops = qi._get_ops_details()
@@ -51,8 +52,8 @@ def tensor_errors(float_path: str, int8_path: str, feeds: dict, *, samples: int 
     acc: dict[int, dict] = {}
     n = min(samples, next(iter(feeds.values())).shape[0])
     for s in range(n):
-        _feed(fi, feeds, s)
-        _feed(qi, feeds, s)
+        _feed(fin, feeds, s)
+        _feed(qin, feeds, s)
         real = int(mask[s].sum()) if mask is not None else None
         for op in ops:
             for o in op["outputs"]:

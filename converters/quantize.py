@@ -163,7 +163,8 @@ def clear_caches() -> None:
 RANGE_METHODS = ("minmax", "percentile", "mse")
 
 
-def _interp_inputs(interp, feeds: dict) -> list[tuple[int, str]]:
+def interpreter_inputs(interp, feeds: dict) -> list[tuple[int, str, type]]:
+    """(input index, feed key, dtype) of each model input, its feed found by name."""
     out = []
     for d in interp.get_input_details():
         key = next((k for k in feeds if k in d["name"]), None)
@@ -194,7 +195,7 @@ def activation_histograms(calibrated: bytes, feeds: dict, bins: int = 2048) -> d
         fh.write(calibrated)
         fh.flush()
         it = interpreter(fh.name, num_threads=2, preserve_all_tensors=True, use_xnnpack=False, allocate=True)
-        ins = _interp_inputs(it, feeds)
+        ins = interpreter_inputs(it, feeds)
         batch = int(it.get_input_details()[0]["shape"][0])
         n = feeds[ins[0][1]].shape[0]
         for s in range(0, n - batch + 1, batch):
@@ -346,7 +347,7 @@ def match_point_tensors(calibrated: bytes, feeds: dict, acts: dict[str, np.ndarr
         fh.write(calibrated)
         fh.flush()
         it = interpreter(fh.name, num_threads=2, preserve_all_tensors=True, use_xnnpack=False, allocate=True)
-        for idx, key, dt in _interp_inputs(it, feeds):
+        for idx, key, dt in interpreter_inputs(it, feeds):
             it.set_tensor(idx, feeds[key].astype(dt))
         it.invoke()
         values = {i: it.get_tensor(i).ravel().astype(np.float64) for i in ranged}
