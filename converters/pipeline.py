@@ -307,8 +307,9 @@ def _onnx_stages(job: _Job) -> dict:
     """Export to ONNX, run the graph passes (each verified), save model.onnx with our metadata.
 
     Returns the optimised graph per kind of precision, ``{"static-int8": g, "float": g}`` (one or
-    both): static int8 keeps the residual-stream NoNorms (``passes_for``), the float precisions
-    (fp32, fp16, dynamic-int8, int16x8) take the fold through the residuals on top of that graph.
+    both): static int8 with learned (QAT) ranges keeps the residual-stream NoNorms (``passes_for``),
+    and the float precisions (fp32, fp16, dynamic-int8, int16x8) take the fold through the residuals
+    on top of that graph; calibrated static int8 gets LayerNorm models' residual channel scaling.
     model.onnx is the float graph."""
     import onnx
 
