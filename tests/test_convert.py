@@ -75,6 +75,48 @@ def test_every_stage_verified_and_reported(clf_bundle):
     assert r["versions"]["tensorflow"] and r["machine"]["cores"]
 
 
+def test_default_model_is_the_fastest_meeting_the_target(clf_bundle):
+    _, r = clf_bundle
+    timed = {s["precision"]: s for s in r["stages"] if s.get("precision")}
+    assert all(s["latency_ms_median_2threads"] > 0 for s in timed.values())
+    ok = {p: s["latency_ms_median_2threads"] for p, s in timed.items() if s["meets_target"]}
+    assert r["default_model"] == min(ok, key=ok.get)
+
+
+def test_models_are_timed_side_by_side(monkeypatch):
+    """The default model is chosen from latencies taken in rounds that visit every model in turn."""
+    import mobilebert_mobile.runtime.litert as litert
+    from mobilebert_mobile.converters import pipeline
+
+    calls = []
+
+    class Runner:
+        def __init__(self, name):
+            self.name = name
+
+        def get_input_details(self):
+            return {"input_ids": {"shape": np.array([1, 8])}}
+
+        def __call__(self, **feeds):
+            assert feeds["input_ids"].dtype == np.int32 and feeds["input_ids"].shape == (1, 8)
+            calls.append(self.name)
+
+    class Interp:
+        def __init__(self, path):
+            self.path = path
+
+        def get_signature_runner(self, key):
+            assert key == "serving_default"
+            return Runner(self.path)
+
+    monkeypatch.setattr(litert, "interpreter", lambda path, num_threads: Interp(path))
+    feeds = {k: np.ones((4, 8), np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    ms = pipeline._latencies_ms({"a": "A", "b": "B"}, feeds, rounds=3, runs=2)
+    assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
+    timed = calls[6:]  # after 3 warm-up calls each
+    assert timed == ["A", "A", "B", "B"] * 3
+
+
 def test_tflite_equals_interpreter_by_hand(clf_bundle):
     from ai_edge_litert.interpreter import Interpreter
 
