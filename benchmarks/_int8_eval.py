@@ -22,13 +22,14 @@ def probs_tflite(path: str, feeds: dict) -> np.ndarray:
 
 
 def convert_and_score(name: str, ckpt: str, precisions, feeds: dict, gold: np.ndarray, float_probs: np.ndarray,
-                      work: str, *, learned: bool = False, log=print) -> tuple[list[dict], dict]:
+                      work: str, *, learned: bool | str = False, log=print) -> tuple[list[dict], dict]:
     """Convert ``ckpt`` at ``precisions`` (seq 128, batch 1, as the bundle) and score each model.
 
     ``float_probs`` are the float model's class probabilities on ``feeds``. Returns (rows, paths): one
     row per precision (accuracy; label agreement with the float model over all texts and over those
     that are not near-ties, ``verify.TIE_MARGIN``; the ranges used; what was kept float besides
-    attention) and the .tflite paths, copied into ``work`` under a name of their own so they outlive
+    attention) and the .tflite paths, ``learned``: False (calibrated only), True (a QAT checkpoint's
+    own ranges as convert takes them) or "imposed" (``ranges_from`` the checkpoint itself), copied into ``work`` under a name of their own so they outlive
     the conversion folder."""
     from mobilebert_mobile.converters import verify
     from mobilebert_mobile.converters.pipeline import convert
@@ -37,8 +38,9 @@ def convert_and_score(name: str, ckpt: str, precisions, feeds: dict, gold: np.nd
     bdir = os.path.join(work, slug)
     t = time.perf_counter()
     rep = convert(ckpt, bdir, precisions=tuple(precisions), seq_len=128, quiet=True, include_checkpoint=False,
-                  metadata=False, learned_ranges=learned)
-    log(f"converted {name} ({', '.join(precisions)}, {'learned' if learned else 'calibrated'} ranges) in "
+                  metadata=False, learned_ranges=bool(learned), ranges_from=ckpt if learned == "imposed" else None)
+    how = {"imposed": "QAT ranges imposed", True: "own QAT ranges or calibration", False: "calibrated ranges"}[learned]
+    log(f"converted {name} ({', '.join(precisions)}, {how}) in "
         f"{time.perf_counter() - t:.0f} s")
     rows, paths = [], {}
     for st in rep["stages"]:
@@ -55,6 +57,7 @@ def convert_and_score(name: str, ckpt: str, precisions, feeds: dict, gold: np.nd
                "near_ties": fid["near_ties"],
                "ranges": cal.get("source", cal.get("chosen", "")) if prec.startswith("int8") else "",
                "points_matched": cal.get("points_matched"), "points": cal.get("points"),
+               "qat_candidate_score": (cal.get("qat_candidate") or {}).get("score"),
                "float_fallback": [o for o in fb.get("float_ops", []) if o not in DEFAULT_FLOAT_OPS]
                + fb.get("float_layers", []),
                "float_matmuls": (st.get("inventory") or {}).get("float_matmuls"),
@@ -86,6 +89,8 @@ def table(rows: list[dict]) -> list[str]:
         rg = r.get("ranges") or "-"
         if r.get("points"):
             rg += f" ({r['points_matched']}/{r['points']} points)"
+        if r.get("qat_candidate_score") is not None:
+            rg += f" (QAT ranges scored {r['qat_candidate_score']:.3f})"
         fb = "-" if r["precision"].startswith("float") else (", ".join(r.get("float_fallback") or []) or "none")
         ties = f"{r['decided_agreement']:.4f} ({r['near_ties']})" if "decided_agreement" in r else "-"
         lines.append(f"| {r['model']} | {r['precision']} | {r['accuracy']:.4f} | {r['agreement']:.4f} | {ties} | {rg} | "

@@ -152,6 +152,8 @@ class _Job:
     learned: dict | None = None              # QAT ranges {point: (lo, hi)}
     learned_source: str = ""
     calibrated: bytes | None = None          # the plain graph calibrated once, for int8 and int8-full alike
+    folded_fn: object = None                 # QAT checkpoint: the folded graph, to calibrate as a candidate
+    folded_calibrated: bytes | None = None
     scores: dict = field(default_factory=dict)  # sha256 of a .tflite -> its held-out comparison
 
     @property
@@ -194,13 +196,15 @@ def convert(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, optio
             if id(g) not in lowered:
                 lowered[id(g)] = _tensorflow_stage(job, g, f"tensorflow ({kind} graph)" if lowered else "tensorflow")
             fns[kind] = lowered[id(g)]
+        if job.learned is not None and opts.ranges_from is None and graphs.get("float") is not graphs.get("static-int8"):
+            job.folded_fn = fns.get("float")  # the checkpoint's own QAT ranges compete with calibration
         models = {}
         for prec in opts.precisions:
             job.pr.stage(f"TFLite {prec}")
             t = time.perf_counter()
             kind = _graph_kind(prec)
             entry = _tflite_stage(job, prec, fns[kind], graphs[kind])
-            entry["graph"] = kind
+            entry.setdefault("graph", kind)
             entry["time_s"] = round(time.perf_counter() - t, 2)
             job.report["stages"].append(entry)
             models[prec] = entry
@@ -366,15 +370,17 @@ def _onnx_stages(job: _Job) -> dict:
                                                  "time_s": round(time.perf_counter() - t2, 2)} for r in sres]
         if scale_info.get("segments"):
             job.report["residual_scaling"] = scale_info
-    if static_int8 and float_too and not any(r.name == "fold_nonorm_through_residuals" for r in results):
+    # a QAT checkpoint's own ranges compete with calibration on the folded graph (_calibrate_int8)
+    folded_too = float_too or (job.learned is not None and o.ranges_from is None)
+    if static_int8 and folded_too and not any(r.name == "fold_nonorm_through_residuals" for r in results):
         # verified against the graph before it (run_passes), and its lowering against PyTorch
-        pr.note("pass fold_nonorm_through_residuals (float precisions)")
+        pr.note("pass fold_nonorm_through_residuals (float precisions and calibrated int8)")
         t2 = time.perf_counter()
         fopt, fres = run_passes(opt, sub, passes=[("fold_nonorm_through_residuals", fold_nonorm_through_residuals)])
         job.report["float_passes"] = [{**r.__dict__, "ops": op_counts(fopt), "time_s": round(time.perf_counter() - t2, 2)}
                                       for r in fres]
         graphs["float"] = fopt if fres[0].rewrites else opt
-    elif float_too:
+    elif folded_too:
         graphs["float"] = opt
     out_graph = graphs.get("float", opt)
     _onnx_metadata(job, out_graph)
@@ -516,6 +522,8 @@ def _tflite_stage(job: _Job, prec: str, fn, onnx_model=None) -> dict:
         from .quantize import DEFAULT_FLOAT_OPS, quantize_with_fallback
 
         calibrated, entry["calibration"] = _calibrate_int8(job, fn, evaluate, representative, onnx_model)
+        if "graph" in entry["calibration"]:
+            entry["graph"] = entry["calibration"]["graph"]
         res = quantize_with_fallback(calibrated, lambda b: evaluate(b)[0], target,
                                      float_ops=DEFAULT_FLOAT_OPS, progress=pr.note)
         model_bytes = res.model
@@ -527,6 +535,8 @@ def _tflite_stage(job: _Job, prec: str, fn, onnx_model=None) -> dict:
 
         calibrated, entry["calibration"] = _calibrate_int8(job, fn, evaluate, representative, onnx_model,
                                                            float_ops=())
+        if "graph" in entry["calibration"]:
+            entry["graph"] = entry["calibration"]["graph"]
         model_bytes = quantize_calibrated(calibrated, float_ops=())
         entry["float_compute_ops"] = float_compute_ops(model_bytes)
         if entry["float_compute_ops"]:
@@ -563,7 +573,23 @@ def _calibrate_int8(job: _Job, fn, evaluate, representative, onnx_model, float_o
         job.calibrated = calibrate(make_converter(fn, "int8", representative))
     calibrated = job.calibrated
     if job.learned is not None:
-        return _apply_learned(job, fn, calibrated, evaluate, float_ops)
+        ranged, rec = _apply_learned(job, fn, calibrated, evaluate, float_ops)
+        if job.folded_fn is None:  # --ranges-from: the learned ranges, as asked
+            return ranged, rec
+        # the checkpoint's own QAT ranges against calibration of the folded graph, by held-out score: on the
+        # default student (1,000 held-out) the QAT ranges on the graph that keeps the NoNorms gave 0.994, the
+        # same QAT weights calibrated on the folded graph 0.998 and 9% faster
+        if job.folded_calibrated is None:
+            pr.note("calibrating the folded graph too (a candidate against the QAT ranges)")
+            job.folded_calibrated = calibrate(make_converter(job.folded_fn, "int8", representative))
+        best_c, rec_c = select_ranges(job.folded_calibrated, calib_feeds, lambda b: evaluate(b)[0],
+                                      float_ops=float_ops, progress=pr.note)
+        if rec_c["score"] > rec["score"]:
+            pr.note(f"calibrated ranges on the folded graph {rec_c['score']:.4f} > QAT ranges {rec['score']:.4f}")
+            return best_c, {"equalization": None, **rec_c, "graph": "float",
+                            "qat_candidate": {k: rec[k] for k in ("score", "points", "points_matched", "ranges_from")
+                                              if k in rec}}
+        return ranged, {**rec, "calibrated_candidate": {"score": rec_c["score"], "chosen": rec_c["chosen"]}}
     best, rec = select_ranges(calibrated, calib_feeds, lambda b: evaluate(b)[0], float_ops=float_ops,
                               progress=pr.note)
     rec = {"equalization": None, **rec}

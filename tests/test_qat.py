@@ -146,9 +146,10 @@ def test_learned_ranges_reach_the_quantized_tflite(qat_checkpoint, tmp_path):
     doc["points"] = {p: [lo * 1.37, hi * 1.37] for p, (lo, hi) in doc["points"].items()}
     (ck / "qat_ranges.json").write_text(json.dumps(doc))
     rep = convert(ck, tmp_path / "b", precisions=("int8",), seq_len=SEQ, calibration_size=8, heldout_size=8,
-                  quiet=True, include_checkpoint=False, metadata=False, target=0.0)
+                  quiet=True, include_checkpoint=False, metadata=False, target=0.0, ranges_from=str(ck))
     cal = next(s for s in rep["stages"] if s.get("precision") == "int8")["calibration"]
     assert cal["source"] == "qat" and cal["points_matched"] >= 0.6 * cal["points"], cal
+    assert "calibrated_candidate" not in cal and "qat_candidate" not in cal  # imposed: no competition
     scales = np.array([v[1] for v in Q.tensor_ranges((tmp_path / "b" / "model_int8.tflite").read_bytes()).values()
                        if v[0] == "q"])
     matched = [p for p in doc["points"] if p not in set(cal["unmatched"])]
@@ -167,6 +168,26 @@ def test_learned_ranges_reach_the_quantized_tflite(qat_checkpoint, tmp_path):
     assert cal["tensors_propagated"] > 0  # the fused outputs and the context before its transpose
     # the queries carry the folded attention scale 1/sqrt(head size): matched with that factor
     assert not [p for p in cal["unmatched"] if p.endswith("query:out")] and cal["tensors_scaled"] >= 2
+
+
+def test_own_qat_ranges_compete_with_calibration(qat_checkpoint, tmp_path):
+    """A checkpoint that carries its QAT ranges: convert scores them against calibration of the folded
+    graph (the residual NoNorms folded) on the held-out texts and keeps the better, recording both."""
+    from mobilebert_mobile.converters.pipeline import convert
+
+    rep = convert(qat_checkpoint["model"], tmp_path / "b", precisions=("int8", "int8-full"), seq_len=SEQ,
+                  calibration_size=8, heldout_size=8, quiet=True, include_checkpoint=False, metadata=False,
+                  target=0.0)
+    assert rep["float_passes"][0]["name"] == "fold_nonorm_through_residuals"  # made for the candidate
+    for prec in ("int8", "int8-full"):
+        st = next(s for s in rep["stages"] if s.get("precision") == prec)
+        cal = st["calibration"]
+        if "qat_candidate" in cal:  # calibration won, on the folded graph
+            assert cal["score"] > cal["qat_candidate"]["score"] and cal["chosen"] in ("minmax", "percentile", "mse")
+            assert st["graph"] == "float"
+        else:
+            assert cal["source"] == "qat" and cal["score"] >= cal["calibrated_candidate"]["score"], cal
+            assert st["graph"] == "static-int8"
 
 
 def test_convert_refuses_ranges_of_another_model(qat_checkpoint, tmp_path):
