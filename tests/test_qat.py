@@ -172,7 +172,8 @@ def test_learned_ranges_reach_the_quantized_tflite(qat_checkpoint, tmp_path):
 
 def test_own_qat_ranges_compete_with_calibration(qat_checkpoint, tmp_path):
     """A checkpoint that carries its QAT ranges: convert scores them against calibration of the folded
-    graph (the residual NoNorms folded) on the held-out texts and keeps the better, recording both."""
+    graph (the residual NoNorms folded) on the held-out texts and keeps the better (a tie: the folded
+    graph, fewer ops), recording both."""
     from mobilebert_mobile.converters.pipeline import convert
 
     rep = convert(qat_checkpoint["model"], tmp_path / "b", precisions=("int8", "int8-full"), seq_len=SEQ,
@@ -182,11 +183,11 @@ def test_own_qat_ranges_compete_with_calibration(qat_checkpoint, tmp_path):
     for prec in ("int8", "int8-full"):
         st = next(s for s in rep["stages"] if s.get("precision") == prec)
         cal = st["calibration"]
-        if "qat_candidate" in cal:  # calibration won, on the folded graph
-            assert cal["score"] > cal["qat_candidate"]["score"] and cal["chosen"] in ("minmax", "percentile", "mse")
+        if "qat_candidate" in cal:  # calibration won or tied, on the folded graph (fewer ops)
+            assert cal["score"] >= cal["qat_candidate"]["score"] and cal["chosen"] in ("minmax", "percentile", "mse")
             assert st["graph"] == "float"
         else:
-            assert cal["source"] == "qat" and cal["score"] >= cal["calibrated_candidate"]["score"], cal
+            assert cal["source"] == "qat" and cal["score"] > cal["calibrated_candidate"]["score"], cal
             assert st["graph"] == "static-int8"
 
 
