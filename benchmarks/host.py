@@ -304,38 +304,12 @@ def charts(res: dict, out_dir: str) -> list[str]:
     return files
 
 
-def _converter_fingerprint(args: dict) -> str:
-    """sha256 over the source of the converter and the model code it exports, and the conversion's
-    arguments: a bundle left in OUT/work by other code or other arguments is stale."""
-    import hashlib
-    from importlib import resources
-
-    h = hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode())
-    for pkg in ("mobilebert_mobile.converters", "mobilebert_mobile.modeling"):
-        for f in sorted((f for f in resources.files(pkg).iterdir() if f.name.endswith(".py")), key=lambda f: f.name):
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
-
-
 def convert_reusing(checkpoint: str, out: str, log=lambda m: None, **kwargs) -> None:
-    """``converters.convert(checkpoint, out, **kwargs)``, unless ``out`` already holds a bundle made by the
-    same converter code with the same arguments (``out`` + ``.source`` records it): reruns of a benchmark
-    skip the conversion, a converter change never measures old models."""
-    from mobilebert_mobile._io import atomic_write_text
-    from mobilebert_mobile.converters import convert
+    """``converters.reuse.convert_reusing``: reruns skip the conversion, a converter change never measures
+    old models."""
+    from mobilebert_mobile.converters.reuse import convert_reusing as reuse
 
-    key = _converter_fingerprint({"checkpoint": os.path.abspath(checkpoint), **kwargs})
-    stamp = out.rstrip(os.sep) + ".source"
-    if os.path.isfile(os.path.join(out, "bundle.json")) and os.path.isfile(stamp):
-        with open(stamp, encoding="utf-8") as fh:
-            if fh.read().strip() == key:
-                log(f"reusing {out} (same converter code and arguments)")
-                return
-    if os.path.exists(out):
-        log(f"{out} was made by other converter code or arguments: converting again")
-        shutil.rmtree(out)
-    convert(checkpoint, out, **kwargs)
-    atomic_write_text(stamp, key + "\n")
+    reuse(checkpoint, out, log, **kwargs)
 
 
 # ------------------------------------------------------------------------ scaling

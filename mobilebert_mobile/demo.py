@@ -134,7 +134,7 @@ def _demo_default_model(args) -> int:
     host latency -> attached phones, if any -> Predictor on real sentences + held-out accuracy."""
     import numpy as np
 
-    from .converters import convert
+    from .converters.reuse import convert_reusing
     from .runtime import Predictor
 
     say = (lambda *a: None) if args.json else print
@@ -147,10 +147,10 @@ def _demo_default_model(args) -> int:
         f"(+ {rec.get('qat_s', 0):.0f} s quantization-aware); PyTorch accuracy on "
         f"{rec['held_out']} held-out Rotten Tomatoes sentences: {rec['held_out_accuracy']:.3f}")
     bundle = rec["model"].rstrip("/") + f"-bundle-{args.seq_len}"
-    if not os.path.isfile(os.path.join(bundle, "bundle.json")):
-        say(f"[convert] int8 TFLite for Android (seq {args.seq_len}, verified stage by stage) into {bundle} ...")
-        convert(rec["model"], bundle, precisions=("dynamic-int8", "int8"), seq_len=args.seq_len,
-                calibration_size=200, heldout_size=200, quiet=args.json)
+    # cached, but converted again whenever the converter code changed (a stale bundle would hide it)
+    say(f"[convert] int8 TFLite for Android (seq {args.seq_len}, verified stage by stage) into {bundle} ...")
+    convert_reusing(rec["model"], bundle, say, precisions=("dynamic-int8", "int8"), seq_len=args.seq_len,
+                    calibration_size=200, heldout_size=200, quiet=args.json)
     with open(os.path.join(bundle, "report.json"), encoding="utf-8") as fh:
         rep = json.load(fh)
     report["tflite"] = {}
