@@ -192,6 +192,7 @@ def convert(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, optio
     try:
         graphs = _onnx_stages(job)
         fns, lowered = {}, {}
+        job.pr.total += len({id(g) for g in graphs.values()}) - 1  # one lowering stage per distinct graph
         for kind, g in graphs.items():  # each distinct graph lowered once
             if id(g) not in lowered:
                 lowered[id(g)] = _tensorflow_stage(job, g, f"tensorflow ({kind} graph)" if lowered else "tensorflow")
