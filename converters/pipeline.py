@@ -323,8 +323,9 @@ def _onnx_stages(job: _Job) -> dict:
 
     Returns the optimised graph per kind of precision, ``{"static-int8": g, "float": g}`` (one or
     both): static int8 with learned (QAT) ranges keeps the residual-stream NoNorms (``passes_for``),
-    and the float precisions (fp32, fp16, dynamic-int8, int16x8) take the fold through the residuals
-    on top of that graph; calibrated static int8 gets LayerNorm models' residual channel scaling.
+    and the float precisions (fp32, fp16, dynamic-int8, int16x8) and calibration's candidate against
+    a checkpoint's own QAT ranges take the fold through the residuals on top of that graph; calibrated
+    static int8 gets LayerNorm models' residual channel scaling.
     model.onnx is the float graph."""
     import onnx
 
@@ -753,6 +754,14 @@ def summary_markdown(report: dict) -> str:
     if rs and (rs.get("scaled") or rs.get("embedding_sums")):
         lines += ["", f"Residual channel scaling (static int8): {describe_residual_scaling(rs)}."]
     for s in report["stages"]:
+        c = s.get("calibration") or {}
+        if c.get("qat_candidate"):
+            lines += ["", f"{s['stage']}: calibrated {c.get('chosen')} ranges on the folded graph ({c['score']:.4f}) "
+                          f"over the checkpoint's QAT ranges ({c['qat_candidate']['score']:.4f}; a tie goes to the "
+                          "folded graph, fewer ops)."]
+        elif c.get("calibrated_candidate"):
+            lines += ["", f"{s['stage']}: the checkpoint's QAT ranges ({c['score']:.4f}) over calibration of the "
+                          f"folded graph ({c['calibrated_candidate']['score']:.4f})."]
         if "fallback" in s:
             fb = s["fallback"]
             lines += ["", f"{s['stage']}: kept in float: ops {', '.join(fb['float_ops']) or 'none'}; layers "

@@ -180,6 +180,8 @@ def test_own_qat_ranges_compete_with_calibration(qat_checkpoint, tmp_path):
                   calibration_size=8, heldout_size=8, quiet=True, include_checkpoint=False, metadata=False,
                   target=0.0)
     assert rep["float_passes"][0]["name"] == "fold_nonorm_through_residuals"  # made for the candidate
+    md = (tmp_path / "b" / "report.md").read_text()
+    assert "over the checkpoint's QAT ranges" in md or "over calibration of the folded graph" in md
     for prec in ("int8", "int8-full"):
         st = next(s for s in rep["stages"] if s.get("precision") == prec)
         cal = st["calibration"]
