@@ -28,9 +28,9 @@ def convert_and_score(name: str, ckpt: str, precisions, feeds: dict, gold: np.nd
     ``float_probs`` are the float model's class probabilities on ``feeds``. Returns (rows, paths): one
     row per precision (accuracy; label agreement with the float model over all texts and over those
     that are not near-ties, ``verify.TIE_MARGIN``; the ranges used; what was kept float besides
-    attention) and the .tflite paths, ``learned``: False (calibrated only), True (a QAT checkpoint's
-    own ranges as convert takes them) or "imposed" (``ranges_from`` the checkpoint itself), copied into ``work`` under a name of their own so they outlive
-    the conversion folder."""
+    attention) and the .tflite paths, copied into ``work`` under a name of their own so they outlive
+    the conversion folder. ``learned``: False (calibrated only), True (a QAT checkpoint's own ranges
+    as convert takes them) or "imposed" (``ranges_from`` the checkpoint itself)."""
     from mobilebert_mobile.converters import verify
     from mobilebert_mobile.converters.pipeline import convert
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import floor, macs
 from .variants import INPUTS, worker
+from mobilebert_mobile.converters.reuse import convert_reusing  # reruns reuse OUT/work only when nothing changed
 from mobilebert_mobile.errors import StageError
 
 PEERS_VENV = ".venv-peers"
@@ -302,14 +303,6 @@ def charts(res: dict, out_dir: str) -> list[str]:
         plt.close(fig)
         files.append(p)
     return files
-
-
-def convert_reusing(checkpoint: str, out: str, log=lambda m: None, **kwargs) -> None:
-    """``converters.reuse.convert_reusing``: reruns skip the conversion, a converter change never measures
-    old models."""
-    from mobilebert_mobile.converters.reuse import convert_reusing as reuse
-
-    reuse(checkpoint, out, log, **kwargs)
 
 
 # ------------------------------------------------------------------------ scaling

@@ -157,6 +157,11 @@ class _Job:
     scores: dict = field(default_factory=dict)  # sha256 of a .tflite -> its held-out comparison
 
     @property
+    def qat_competes(self) -> bool:
+        """The checkpoint's own QAT ranges (not imposed by ``ranges_from``) compete with calibration."""
+        return self.learned is not None and self.opts.ranges_from is None
+
+    @property
     def mask(self):
         return self.held_feeds["attention_mask"]
 
@@ -197,8 +202,8 @@ def convert(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, optio
             if id(g) not in lowered:
                 lowered[id(g)] = _tensorflow_stage(job, g, f"tensorflow ({kind} graph)" if lowered else "tensorflow")
             fns[kind] = lowered[id(g)]
-        if job.learned is not None and opts.ranges_from is None and graphs.get("float") is not graphs.get("static-int8"):
-            job.folded_fn = fns.get("float")  # the checkpoint's own QAT ranges compete with calibration
+        if job.qat_competes and graphs.get("float") is not graphs.get("static-int8"):
+            job.folded_fn = fns["float"]  # calibration of the folded graph, the QAT ranges' competitor
         models = {}
         for prec in opts.precisions:
             job.pr.stage(f"TFLite {prec}")
@@ -373,7 +378,7 @@ def _onnx_stages(job: _Job) -> dict:
         if scale_info.get("segments"):
             job.report["residual_scaling"] = scale_info
     # a QAT checkpoint's own ranges compete with calibration on the folded graph (_calibrate_int8)
-    folded_too = float_too or (job.learned is not None and o.ranges_from is None)
+    folded_too = float_too or job.qat_competes
     if static_int8 and folded_too and not any(r.name == "fold_nonorm_through_residuals" for r in results):
         # verified against the graph before it (run_passes), and its lowering against PyTorch
         pr.note("pass fold_nonorm_through_residuals (float precisions and calibrated int8)")
@@ -524,8 +529,6 @@ def _tflite_stage(job: _Job, prec: str, fn, onnx_model=None) -> dict:
         from .quantize import DEFAULT_FLOAT_OPS, quantize_with_fallback
 
         calibrated, entry["calibration"] = _calibrate_int8(job, fn, evaluate, representative, onnx_model)
-        if "graph" in entry["calibration"]:
-            entry["graph"] = entry["calibration"]["graph"]
         res = quantize_with_fallback(calibrated, lambda b: evaluate(b)[0], target,
                                      float_ops=DEFAULT_FLOAT_OPS, progress=pr.note)
         model_bytes = res.model
@@ -537,8 +540,6 @@ def _tflite_stage(job: _Job, prec: str, fn, onnx_model=None) -> dict:
 
         calibrated, entry["calibration"] = _calibrate_int8(job, fn, evaluate, representative, onnx_model,
                                                            float_ops=())
-        if "graph" in entry["calibration"]:
-            entry["graph"] = entry["calibration"]["graph"]
         model_bytes = quantize_calibrated(calibrated, float_ops=())
         entry["float_compute_ops"] = float_compute_ops(model_bytes)
         if entry["float_compute_ops"]:
@@ -548,6 +549,8 @@ def _tflite_stage(job: _Job, prec: str, fn, onnx_model=None) -> dict:
         model_bytes = tfl_convert(fn, prec, representative)
     else:
         model_bytes = tfl_convert(fn, prec)
+    if "graph" in entry.get("calibration", {}):  # calibration of the folded graph beat a checkpoint's QAT ranges
+        entry["graph"] = entry["calibration"]["graph"]
     score, m = evaluate(model_bytes)
     entry.update(m)
     entry["size_mb"] = _mb(path)
@@ -579,9 +582,9 @@ def _calibrate_int8(job: _Job, fn, evaluate, representative, onnx_model, float_o
         if job.folded_fn is None:  # --ranges-from: the learned ranges, as asked
             return ranged, rec
         # the checkpoint's own QAT ranges against calibration of the folded graph, by held-out score, a tie to
-        # the folded graph (fewer ops: faster). On the default student (1,000 held-out) the QAT ranges on the
-        # graph that keeps the NoNorms gave 0.994, the same QAT weights calibrated on the folded graph 0.998 and
-        # 9% faster (2.14 vs 1.94 ms); the conversion's 100 held-out texts scored both alike
+        # the folded graph (fewer ops: faster). On the default student (qat_default_demo.md, 1,000 held-out)
+        # the QAT ranges on the graph that keeps the NoNorms gave 0.994 at 2.00 ms, the same QAT weights
+        # calibrated on the folded graph 0.998 at 1.80 ms; the conversion's 100 held-out texts scored both 1.000
         if job.folded_calibrated is None:
             pr.note("calibrating the folded graph too (a candidate against the QAT ranges)")
             job.folded_calibrated = calibrate(make_converter(job.folded_fn, "int8", representative))
