@@ -68,7 +68,8 @@ def main(argv=None) -> int:
                        "score": s.get(rep["target"]["metric"]),
                        "meets_target": s["meets_target"], "partitions": s["xnnpack"].get("partitions"),
                        "ops_outside": s["xnnpack"].get("ops_outside_xnnpack"),
-                       "ms": s["latency_ms_median_2threads"], "conversion_s": rep["total_time_s"]}
+                       "ms": s["latency_ms_median_2threads"], "conversion_s": rep["total_time_s"],
+                       "default": s["precision"] == rep.get("default_model")}
                 rows.append(row)
                 with open(jsonl, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(row) + "\n")
@@ -78,17 +79,18 @@ def main(argv=None) -> int:
 
 def write_table(rows: list[dict], out: str) -> int:
     lines = ["| preset | precision | size MB | max rel diff | agreement (label / cosine) | target met | partitions | "
-             "ops outside | ms (2 thr) | conversion s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "ops outside | ms (2 thr) | bundle default | conversion s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['preset']} | error: {r['error'][:100]} | | | | | | | | |")
+            lines.append(f"| {r['preset']} | error: {r['error'][:100]} | | | | | | | | | |")
         else:
             lines.append(f"| {r['preset']} | {r['precision']} | {r['size_mb']} | {r['max_rel_diff']:.2g} | "
                          f"{r['score']:.3f} | {r['meets_target']} | {r['partitions']} | {r['ops_outside']} | "
-                         f"{r['ms']} | {r['conversion_s']} |")
+                         f"{r['ms']} | {'yes' if r.get('default') else ''} | {r['conversion_s']} |")
     table = ("Command: `python -m mobilebert_mobile.benchmarks.convert_presets` (random weights with trained-like "
              "norms; the real all-MiniLM-L6-v2), every precision, seq 128, batch 1, 64 calibration + 64 held-out "
-             "real sentences; ms = median on 2 threads measured during conversion.\n\n" + "\n".join(lines))
+             "real sentences; ms = median on 2 threads measured during conversion, the models timed side by side; "
+             "bundle default = the precision the conversion chose (the fastest that meets the target).\n\n" + "\n".join(lines))
     with open(os.path.join(out, "presets.md"), "w", encoding="utf-8") as fh:
         fh.write(table + "\n")
     print(table)

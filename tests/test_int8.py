@@ -557,3 +557,41 @@ def test_tensor_errors_locate_where_int8_error_enters(tmp_path):
     # real tokens of scores, K^T and hidden states; MobileBERT's 128 channels at seq 128 stay whole
     assert [_real_tokens(np.zeros(sh), 5, 128).shape for sh in ((1, 4, 128, 128), (1, 4, 32, 128), (1, 128, 128))] \
         == [(1, 4, 5, 5), (1, 4, 32, 5), (1, 5, 128)]
+
+
+def test_thread_scaling_reports_each_kernel_and_model(tiny_models, tmp_path):
+    from mobilebert_mobile.benchmarks import thread_scaling
+
+    assert thread_scaling.main([f"tiny int8={tiny_models['int8']}", "--shapes-from", tiny_models["fp32"], "--runs", "4",
+                                "--rounds", "2", "--concurrent-seconds", "0.3", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "thread_scaling.json").read_text())
+    assert len(res["shapes"]) == 4 and res["machine"]["int8_isa"]["best"]
+    for s in res["shapes"]:  # each speed-up is the ratio of the two medians it reports
+        for kind in ("fp32", "int8"):
+            if s[f"{kind}_ms_2"] > 0:
+                assert s[f"{kind}_speedup"] == pytest.approx(s[f"{kind}_ms_1"] / s[f"{kind}_ms_2"])
+    g = res["gemms"]  # count-weighted sums of the shapes' medians; the int8 graph's attention matmuls in fp32
+    fcs = [s for s in res["shapes"] if s["op"] == "FULLY_CONNECTED"]
+    assert g["int8 FULLY_CONNECTED"]["ms_1"] == pytest.approx(sum(s["int8_ms_1"] * s["count"] for s in fcs))
+    assert g["int8 graph (attention matmuls fp32)"]["ms_2"] == pytest.approx(
+        g["int8 FULLY_CONNECTED"]["ms_2"] + sum(s["fp32_ms_2"] * s["count"] for s in res["shapes"] if s not in fcs))
+    c = res["concurrent"]["models"]["tiny int8"]  # one timing per process, each from real invokes
+    assert len(c["together_ms"]) == 2 and all(n > 0 for n in c["together_invokes"]) and c["solo_invokes"] > 0
+    assert c["throughput_x"] == pytest.approx(sum(c["solo_ms"] / ms for ms in c["together_ms"]))
+    md = (tmp_path / "thread_scaling.md").read_text()
+    row = next(ln.split("|")[1:-1] for ln in md.splitlines() if ln.startswith("| tiny int8 "))
+    assert float(row[1]) == pytest.approx(res["models"]["tiny int8"]["ms_1"], abs=0.006)
+    assert len(row[4].split(",")) == 2 and "## Findings" in md
+
+
+def test_thread_scaling_refuses_bad_arguments(tiny_models, tmp_path, capsys):
+    from mobilebert_mobile.benchmarks import thread_scaling
+
+    assert thread_scaling.main(["no-equals-sign"]) == 2
+    assert "expected LABEL=PATH.tflite" in capsys.readouterr().err
+    assert thread_scaling.main([f"m={tmp_path / 'missing.tflite'}"]) == 2
+    assert "no model file" in capsys.readouterr().err
+    assert thread_scaling.main([f"m={tiny_models['int8']}", "--threads", "1"]) == 2
+    assert "--threads must be >= 2" in capsys.readouterr().err
+    assert thread_scaling.main([f"m={tiny_models['int8']}", "--name", "../escape", "--out", str(tmp_path)]) == 2
+    assert "--name must be" in capsys.readouterr().err and not list(tmp_path.parent.glob("escape*"))
