@@ -296,9 +296,9 @@ def main(argv=None) -> int:
     measured = {lab: (ms, "int8" if "int8" in lab else "fp32") for lab, ms in res["measured_ms"].items()}
     md = shape_floor_markdown(res, measured)
     if a.out:
-        from mobilebert_mobile._io import write_results
+        from .charts import save  # STEM.md (linking the chart), STEM.json and STEM.png
 
-        write_results(a.out, "floor", md, res)
+        save(a.out, "floor", md, res)
     print(md)
     return 0
 

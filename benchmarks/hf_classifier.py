@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     import torch
 
     from mobilebert_mobile import assets, demo
-    from mobilebert_mobile._io import write_results
+    from .charts import save  # STEM.md (linking the chart), STEM.json and STEM.png
     from mobilebert_mobile._machine import describe, machine
     from mobilebert_mobile.tokenizer import Tokenizer
 
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
              f"{args.lr}, batch {args.batch}, seq 64; {hrec.get('seconds')} s) and saved with save_pretrained. "
              f"Held-out: the 1,000 Rotten Tomatoes sentences at seq 128; 'agreement' is label agreement with "
              f"the transformers model's own float labels. Command: `{doc['command']}`", "", *table(rows)]
-    write_results(args.out, "hf_classifier", "\n".join(lines) + "\n", doc)
+    save(args.out, "hf_classifier", "\n".join(lines) + "\n", doc)
     print("\n".join(lines))
     return 0
 

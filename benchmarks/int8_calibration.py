@@ -211,9 +211,9 @@ def main(argv=None) -> int:
         argv if argv is not None else sys.argv[1:])
     md = markdown(res)
     if a.out:
-        from mobilebert_mobile._io import write_results
+        from .charts import save  # STEM.md (linking the chart), STEM.json and STEM.png
 
-        write_results(a.out, f"calibration_{a.label or os.path.basename(os.path.normpath(ck))}", md, res)
+        save(a.out, f"calibration_{a.label or os.path.basename(os.path.normpath(ck))}", md, res)
     print(md)
     return 0
 

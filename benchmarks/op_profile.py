@@ -414,9 +414,9 @@ def main(argv=None) -> int:
         res["findings"] = compare_findings(res, labs[0], labs[1])
     md = markdown(res)
     if a.out:
-        from mobilebert_mobile._io import write_results
+        from .charts import save  # STEM.md (linking the chart), STEM.json and STEM.png
 
-        write_results(a.out, "op_profile", md, res)
+        save(a.out, "op_profile", md, res)
     print(md)
     return 0
 

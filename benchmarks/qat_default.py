@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     import torch
 
     from mobilebert_mobile import assets, demo
-    from mobilebert_mobile._io import write_results
+    from .charts import save  # STEM.md (linking the chart), STEM.json and STEM.png
     from mobilebert_mobile._machine import describe, machine
     from mobilebert_mobile.distill import finetune
     from mobilebert_mobile.distill.api import predict_logits
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
              "'agreement' is label agreement with the same weights in float (PyTorch); 'float fallback' lists "
              "what the converter kept float besides attention's BATCH_MATMUL/SOFTMAX.", "",
              *table(rows)]
-    write_results(args.out, "qat_default_demo" if args.from_demo else "qat_default", "\n".join(lines) + "\n", doc)
+    save(args.out, "qat_default_demo" if args.from_demo else "qat_default", "\n".join(lines) + "\n", doc)
     print("\n".join(lines))
     return 0
 

@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     import torch
 
     from mobilebert_mobile import demo
-    from mobilebert_mobile._io import write_results
+    from .charts import save  # STEM.md (linking the chart), STEM.json and STEM.png
     from mobilebert_mobile._machine import describe, machine
     from mobilebert_mobile.converters import verify
     from mobilebert_mobile.converters.pipeline import convert
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
              f"| {row['points_matched']}/{row['points']} ({row['source']}) | {row['fused']} | "
              f"{row['standalone_activations'] or 'none'} | {row['xnnpack_partitions']} | "
              f"{', '.join(row['float_fallback']) or 'none'} | {row['label_agreement']:.3f} | {row['max_abs_diff']:.4f} |"]
-    write_results(args.out, f"qat_preset_{args.preset}", "\n".join(lines) + "\n", doc)
+    save(args.out, f"qat_preset_{args.preset}", "\n".join(lines) + "\n", doc)
     print("\n".join(lines))
     return 0
 

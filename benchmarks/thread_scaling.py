@@ -264,9 +264,9 @@ def main(argv=None) -> int:
     res["findings"] = findings(res)
     md = markdown(res)
     if a.out:
-        from mobilebert_mobile._io import write_results
+        from .charts import save  # STEM.md (linking the chart), STEM.json and STEM.png
 
-        write_results(a.out, a.name, md, res)
+        save(a.out, a.name, md, res)
     print(md)
     return 0
 

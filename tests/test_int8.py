@@ -582,6 +582,8 @@ def test_thread_scaling_reports_each_kernel_and_model(tiny_models, tmp_path):
     row = next(ln.split("|")[1:-1] for ln in md.splitlines() if ln.startswith("| tiny int8 "))
     assert float(row[1]) == pytest.approx(res["models"]["tiny int8"]["ms_1"], abs=0.006)
     assert len(row[4].split(",")) == 2 and "## Findings" in md
+    png = tmp_path / "thread_scaling.png"  # the chart, drawn from the JSON and linked from the markdown
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "![thread_scaling](thread_scaling.png)" in md
 
 
 def test_thread_scaling_refuses_bad_arguments(tiny_models, tmp_path, capsys):
@@ -595,3 +597,25 @@ def test_thread_scaling_refuses_bad_arguments(tiny_models, tmp_path, capsys):
     assert "--threads must be >= 2" in capsys.readouterr().err
     assert thread_scaling.main([f"m={tiny_models['int8']}", "--name", "../escape", "--out", str(tmp_path)]) == 2
     assert "--name must be" in capsys.readouterr().err and not list(tmp_path.parent.glob("escape*"))
+
+
+def test_charts_redraw_from_json_and_refuse_what_they_cannot_draw(tmp_path, capsys):
+    from mobilebert_mobile.benchmarks import charts
+
+    res = {"metric": "mean_cosine", "target": 0.99, "machine": {"cpu": "x", "cores": 2, "int8_isa": {"best": "AVX2"}},
+           "variants": {"fp32": {"score": 1.0, "median_ms": 9.0}, "int8 mse": {"score": 0.97, "median_ms": 3.0}}}
+    (tmp_path / "calibration_m.json").write_text(json.dumps(res))
+    (tmp_path / "calibration_m.md").write_text("# table\n")
+    (tmp_path / "notes.json").write_text("{}")  # no chart kind: left alone
+    assert charts.main([str(tmp_path)]) == 0
+    assert (tmp_path / "calibration_m.png").stat().st_size > 1000 and not (tmp_path / "notes.png").exists()
+    md = (tmp_path / "calibration_m.md").read_text()
+    assert md.count("![calibration_m](calibration_m.png)") == 1
+    assert charts.main([str(tmp_path)]) == 0  # idempotent: the link is not added twice
+    assert (tmp_path / "calibration_m.md").read_text() == md
+    (tmp_path / "calibration_m.json").write_text(json.dumps({"metric": "x"}))  # lacks the variants
+    assert charts.main([str(tmp_path)]) == 2
+    assert "lack what its chart needs" in capsys.readouterr().err
+    (tmp_path / "calibration_m.json").write_text("{not json")
+    assert charts.main([str(tmp_path)]) == 2 and "not valid JSON" in capsys.readouterr().err
+    assert charts.main([str(tmp_path / "missing")]) == 2 and "no folder" in capsys.readouterr().err
