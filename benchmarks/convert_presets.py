@@ -91,10 +91,57 @@ def write_table(rows: list[dict], out: str) -> int:
              "norms; the real all-MiniLM-L6-v2), every precision, seq 128, batch 1, 64 calibration + 64 held-out "
              "real sentences; ms = median on 2 threads measured during conversion, the models timed side by side; "
              "bundle default = the precision the conversion chose (the fastest that meets the target).\n\n" + "\n".join(lines))
-    with open(os.path.join(out, "presets.md"), "w", encoding="utf-8") as fh:
-        fh.write(table + "\n")
+    if _chart(rows, os.path.join(out, "presets.png")):
+        table += "\n\n![presets](presets.png)"
+    from mobilebert_mobile._io import atomic_write_text
+
+    atomic_write_text(os.path.join(out, "presets.md"), table + "\n")
     print(table)
     return 0
+
+
+def _chart(rows: list[dict], path: str) -> bool:
+    """Latency per preset and precision (2 threads), the bundle default hatched; int16x8 (reference
+    kernels, ~1 s) left out of the picture. False when matplotlib is missing or nothing converted."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from mobilebert_mobile._io import atomic_write_bytes
+
+    ok = [r for r in rows if "error" not in r and r["precision"] != "int16x8" and r.get("ms")]
+    presets = list(dict.fromkeys(r["preset"] for r in ok))
+    precs = list(dict.fromkeys(r["precision"] for r in ok))
+    if not ok:
+        return False
+    fig, ax = plt.subplots(figsize=(10, 0.9 * len(presets) + 1.6))
+    h = 0.8 / len(precs)
+    for j, prec in enumerate(precs):
+        for i, pre in enumerate(presets):
+            r = next((r for r in ok if r["preset"] == pre and r["precision"] == prec), None)
+            if r:
+                ax.barh(i + (j - (len(precs) - 1) / 2) * h, r["ms"], height=h, color=plt.cm.tab10(j),
+                        hatch="//" if r.get("default") else None, edgecolor="k" if r.get("default") else None)
+                ax.text(r["ms"], i + (j - (len(precs) - 1) / 2) * h, f" {r['ms']:.2f}", va="center", fontsize=6)
+    ax.set_yticks(range(len(presets)), presets)
+    ax.invert_yaxis()
+    ax.set_xlabel("median ms, seq 128, batch 1, 2 threads (hatched: the bundle's default model)")
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=plt.cm.tab10(j), label=p) for j, p in enumerate(precs)]
+              + [Patch(facecolor="white", edgecolor="k", hatch="//", label="bundle default")], fontsize=7)
+    ax.set_title("Every preset at every precision (int16x8 runs on reference kernels, ~1 s: not drawn)", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return True
 
 
 if __name__ == "__main__":

@@ -99,3 +99,19 @@ def test_work_bundle_is_reused_only_when_made_by_the_same_converter(tmp_path, mo
     (tmp_path / "b.source").write_text("made by another version of the converter\n")
     host.convert_reusing(ck, out, seq_len=64)
     assert len(calls) == 3
+
+
+def test_presets_table_marks_the_default_and_draws_the_chart(tmp_path):
+    from mobilebert_mobile.benchmarks import convert_presets
+
+    row = dict(size_mb=1.0, max_rel_diff=1e-3, metric="agreement", score=1.0, meets_target=True, partitions=1,
+               ops_outside=4, conversion_s=10.0)
+    rows = [{"preset": "p", "precision": "dynamic-int8", "ms": 2.0, "default": False, **row},
+            {"preset": "p", "precision": "int8", "ms": 1.5, "default": True, **row},
+            {"preset": "q (4 layers)", "error": "MemoryError: killed"}]
+    assert convert_presets.write_table(rows, str(tmp_path)) == 0
+    md = (tmp_path / "presets.md").read_text()
+    lines = {ln.split("|")[2].strip(): ln.split("|")[1:-1] for ln in md.splitlines() if ln.startswith("| p |")}
+    assert lines["int8"][9].strip() == "yes" and lines["dynamic-int8"][9].strip() == ""
+    assert "| q (4 layers) | error: MemoryError: killed" in md
+    assert (tmp_path / "presets.png").read_bytes()[:4] == b"\x89PNG" and "![presets](presets.png)" in md
