@@ -167,7 +167,7 @@ def shape_floor(model_bytes: bytes, *, threads: int = 2, runs: int = 30, rounds:
     """Time every distinct GEMM shape of the model alone (one-op .tflite, fp32 and int8, XNNPACK,
     interleaved rounds), subtract the fixed invoke cost, and sum count x median per precision.
     ``models`` ({label: .tflite}) are whole models timed in the same interleaved rounds."""
-    from .op_profile import _null_model, _Timed
+    from .op_profile import _null_model, _Timed, run_interleaved
 
     shapes = gemm_shapes(model_bytes)
     with tempfile.TemporaryDirectory() as d:
@@ -187,12 +187,7 @@ def shape_floor(model_bytes: bytes, *, threads: int = 2, runs: int = 30, rounds:
             for lab, p in models.items():
                 timed[("model", lab)] = _Timed(p, threads, model_feeds(p, seq_len))
         log(f"timing {len(shapes)} GEMM shapes x (fp32, int8)")
-        for t in timed.values():
-            t.run(3)
-            t.times.clear()
-        for _ in range(rounds):
-            for t in timed.values():
-                t.run(max(1, runs // rounds))
+        run_interleaved(timed.values(), max(1, runs // rounds), rounds)
         null_ms = float(np.median(timed["null"].times) * 1e3)
         tot = {"fp32": 0.0, "int8": 0.0}
         for j, s in enumerate(shapes):

@@ -129,15 +129,10 @@ def run(checkpoint: str, *, task: str | None = None, seq_len: int = 128, calib_n
                                     "rows": per_tensor(fp32_path, res["variants"][f"int8 mse, {gname}"]["path"], held)}
         log(f"{gname}: {time.perf_counter() - t:.0f} s")
     # latency, interleaved
-    from .op_profile import model_feeds
+    from .op_profile import model_feeds, run_interleaved
 
     timed = {k: _Timed(v["path"], threads, model_feeds(v["path"], seq_len)) for k, v in res["variants"].items()}
-    for t in timed.values():
-        t.run(3)
-        t.times.clear()
-    for _ in range(5):
-        for t in timed.values():
-            t.run(8)
+    run_interleaved(timed.values(), 8, 5)
     for k, t in timed.items():
         res["variants"][k]["median_ms"] = float(np.median(t.times) * 1e3)
         res["variants"][k].pop("path")

@@ -208,6 +208,24 @@ class _Timed:
             inv()
             self.times.append(time.perf_counter() - t)
 
+    def warm_up(self, n: int = 3) -> None:
+        """Invoke ``n`` times and keep none of the timings."""
+        self.run(n)
+        self.times.clear()
+
+
+def run_interleaved(timed, per_round: int, rounds: int, log=None) -> None:
+    """Warm every ``_Timed`` up, then time them in turn, ``per_round`` invokes each, ``rounds`` times:
+    a machine that slows down mid-run slows every model alike."""
+    timed = list(timed)
+    for t in timed:
+        t.warm_up()
+    for r in range(rounds):
+        for t in timed:
+            t.run(per_round)
+        if log:
+            log(f"round {r + 1}/{rounds}")
+
 
 def model_feeds(path: str, seq_len: int) -> dict:
     """Real token ids for a whole BERT model (one sentence), by input name."""
@@ -266,13 +284,7 @@ def profile(models: dict[str, str], *, threads: int = 2, runs: int = 20, rounds:
         groups[label] = list(by_sig.values())
         timed[f"{label}/whole"] = _Timed(path, threads, model_feeds(path, seq_len))
         log(f"{label}: {len(sg.operators)} ops in {len(by_sig)} signatures")
-    for t in timed.values():  # warm-up
-        t.run(3)
-        t.times.clear()
-    for r in range(rounds):
-        for t in timed.values():
-            t.run(runs)
-        log(f"round {r + 1}/{rounds}")
+    run_interleaved(timed.values(), runs, rounds, log)
     null_ms = float(np.median(timed["null"].times) * 1e3)
     out = {"threads": threads, "runs": runs, "rounds": rounds, "invoke_overhead_ms": null_ms, "models": {}}
     for label, gs in groups.items():

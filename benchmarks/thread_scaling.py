@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 from .floor import _one_gemm_tflite, gemm_shapes
-from .op_profile import _null_model, _Timed, model_feeds
+from .op_profile import _null_model, _Timed, model_feeds, run_interleaved
 
 
 class ScalingError(ValueError):
@@ -67,12 +67,7 @@ def scaling(models: dict[str, str], *, shapes_from: str | None = None, threads: 
             for th in counts:
                 timed[("model", lab, th)] = _Timed(p, th, feeds)
         log(f"timing {len(shapes)} GEMM shape(s) x (fp32, int8) and {len(models)} model(s) on {counts} threads")
-        for t in timed.values():
-            t.run(3)
-            t.times.clear()
-        for _ in range(rounds):
-            for t in timed.values():
-                t.run(max(1, runs // rounds))
+        run_interleaved(timed.values(), max(1, runs // rounds), rounds)
         null_ms = {th: _median_ms(timed[("null", th)]) for th in counts}
         for j, s in enumerate(shapes):
             for kind in ("fp32", "int8"):
@@ -106,8 +101,7 @@ def _solo_worker(path: str, feeds: dict, seconds: float, barrier, queue) -> None
     """One single-thread process: wait for the others, then time ``path`` for ``seconds``."""
     try:
         t = _Timed(path, 1, feeds)
-        t.run(3)
-        t.times.clear()
+        t.warm_up()
         barrier.wait(timeout=120)
         end = time.perf_counter() + seconds
         while time.perf_counter() < end:
