@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import queue as queue_mod
 import sys
 import tempfile
 import time
@@ -119,6 +120,9 @@ def _run_solo(path: str, feeds: dict, seconds: float, procs: int) -> list[tuple[
         p.start()
     try:
         got = [queue.get(timeout=seconds + 300) for _ in ps]
+    except queue_mod.Empty:
+        raise RuntimeError(f"a timing process on {path} ended without a result (exit codes "
+                           f"{[p.exitcode for p in ps]})") from None
     finally:
         for p in ps:
             p.join(timeout=30)
@@ -243,11 +247,17 @@ def main(argv=None) -> int:
     except ScalingError as e:
         print(f"thread_scaling: {e}", file=sys.stderr)
         return 2
-    res = scaling(models, shapes_from=a.shapes_from, threads=a.threads, runs=a.runs, rounds=a.rounds,
-                  seq_len=a.seq_len, log=say)
-    if a.concurrent_seconds > 0:
-        res["concurrent"] = concurrent(models, procs=a.threads, seconds=a.concurrent_seconds, seq_len=a.seq_len,
-                                       log=say)
+    from mobilebert_mobile.errors import PredictorError
+
+    try:
+        res = scaling(models, shapes_from=a.shapes_from, threads=a.threads, runs=a.runs, rounds=a.rounds,
+                      seq_len=a.seq_len, log=say)
+        if a.concurrent_seconds > 0:
+            res["concurrent"] = concurrent(models, procs=a.threads, seconds=a.concurrent_seconds,
+                                           seq_len=a.seq_len, log=say)
+    except (PredictorError, RuntimeError) as e:  # a model LiteRT cannot load or run, a timing process lost
+        print(f"thread_scaling: {e}", file=sys.stderr)
+        return 1
     from mobilebert_mobile._machine import machine
 
     res["machine"] = machine()

@@ -597,6 +597,10 @@ def test_thread_scaling_refuses_bad_arguments(tiny_models, tmp_path, capsys):
     assert "--threads must be >= 2" in capsys.readouterr().err
     assert thread_scaling.main([f"m={tiny_models['int8']}", "--name", "../escape", "--out", str(tmp_path)]) == 2
     assert "--name must be" in capsys.readouterr().err and not list(tmp_path.parent.glob("escape*"))
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"not a flatbuffer")
+    assert thread_scaling.main([f"m={bad}", "--concurrent-seconds", "0"]) == 1
+    assert "thread_scaling: cannot load" in capsys.readouterr().err
 
 
 def test_charts_redraw_from_json_and_refuse_what_they_cannot_draw(tmp_path, capsys):
