@@ -17,11 +17,12 @@ import os
 import sys
 
 from mobilebert_mobile._io import atomic_write_bytes, read_json_bounded, write_results
+from mobilebert_mobile.errors import InputError
 
 _MAX_JSON = 32 << 20  # results files are a few hundred KB; refuse anything far larger before reading it
 
 
-class ChartError(ValueError):
+class ChartError(InputError):
     """A results file that cannot be charted."""
 
 

@@ -30,11 +30,13 @@ import time
 
 import numpy as np
 
+from mobilebert_mobile.errors import InputError
+
 from .floor import _one_gemm_tflite, gemm_shapes
 from .op_profile import _null_model, _Timed, model_feeds, run_interleaved
 
 
-class ScalingError(ValueError):
+class ScalingError(InputError):
     """A bad argument to the thread-scaling benchmark."""
 
 
