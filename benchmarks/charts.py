@@ -233,6 +233,8 @@ def with_link(markdown: str, stem: str) -> str:
 
 def save(out_dir: str, stem: str, markdown: str, res: dict) -> None:
     """``write_results`` plus the chart: STEM.md (with the chart linked), STEM.json and STEM.png."""
+    if not stem or stem != os.path.basename(stem) or stem.startswith(".") or "/" in stem or "\\" in stem:
+        raise ChartError(f"results file stem {stem!r} must be a plain file name (it names files in {out_dir})")
     os.makedirs(out_dir, exist_ok=True)
     try:
         render(out_dir, stem, res)
@@ -279,6 +281,9 @@ def main(argv=None) -> int:
             print(p)
     except ChartError as e:
         print(f"charts: {e}", file=sys.stderr)
+        return 2
+    except ImportError:
+        print("charts: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
         return 2
     return 0
 

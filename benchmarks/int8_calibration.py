@@ -192,6 +192,9 @@ def main(argv=None) -> int:
                     "with its fp32 model tensor by tensor (where the error enters)")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
+    if a.label is not None and (not a.label or os.path.basename(a.label) != a.label or a.label.startswith(".")
+                                or "\\" in a.label):
+        ap.error(f"--label names the results files and must be a plain file name, got {a.label!r}")
     ck = a.checkpoint
     if ck == "minilm":
         from mobilebert_mobile import assets

@@ -623,3 +623,6 @@ def test_charts_redraw_from_json_and_refuse_what_they_cannot_draw(tmp_path, caps
     (tmp_path / "calibration_m.json").write_text("{not json")
     assert charts.main([str(tmp_path)]) == 2 and "not valid JSON" in capsys.readouterr().err
     assert charts.main([str(tmp_path / "missing")]) == 2 and "no folder" in capsys.readouterr().err
+    with pytest.raises(charts.ChartError, match="plain file name"):  # a label must not name a path
+        charts.save(str(tmp_path / "o"), "../escape", "# x\n", res)
+    assert not (tmp_path / "escape.md").exists()
