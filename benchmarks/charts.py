@@ -26,7 +26,7 @@ class ChartError(InputError):
     """A results file that cannot be charted."""
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,7 +193,7 @@ def figure(stem: str, res: dict):
     k = kind(stem)
     if k is None:
         raise ChartError(f"{stem}: no chart for this kind of results file")
-    plt = _plt()
+    plt = pyplot()
     draw = {"calibration": lambda p, r: _calibration(p, r, stem[len("calibration_"):]), "floor": _floor, "op_profile": _op_profile,
             "thread_scaling": _thread_scaling, "qat_preset": _qat_preset,
             "hf_classifier": lambda p, r: _rows(p, r, "transformers-made MobileBERT classifier through our int8"),
@@ -205,21 +205,30 @@ def figure(stem: str, res: dict):
         raise ChartError(f"{stem}: the results lack what its chart needs ({type(e).__name__}: {e})") from None
 
 
-def render(out_dir: str, stem: str, res: dict) -> str:
-    """Draw ``stem``'s chart into ``out_dir/stem.png`` (atomically) and return its path."""
+def write_png(fig, path: str) -> None:
+    """Lay ``fig`` out, write it to ``path`` as PNG atomically, and close it."""
     import io
 
-    fig = figure(stem, res)
-    plt = _plt()
+    buf = io.BytesIO()
     try:
         fig.tight_layout()
-        buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)
     finally:
-        plt.close(fig)
-    path = os.path.join(out_dir, f"{stem}.png")
+        pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def render(out_dir: str, stem: str, res: dict) -> str:
+    """Draw ``stem``'s chart into ``out_dir/stem.png`` (atomically) and return its path."""
+    path = os.path.join(out_dir, f"{stem}.png")
+    write_png(figure(stem, res), path)
     return path
+
+
+def is_plain_stem(stem: str) -> bool:
+    """A results file stem names STEM.md/.json/.png inside their folder: letters, digits, '-' and '_'
+    only, so never a path. The one rule for every benchmark's --label/--name and for ``save``."""
+    return bool(stem) and stem.replace("_", "").replace("-", "").isalnum()
 
 
 def _link(stem: str) -> str:
@@ -233,7 +242,7 @@ def with_link(markdown: str, stem: str) -> str:
 
 def save(out_dir: str, stem: str, markdown: str, res: dict) -> None:
     """``write_results`` plus the chart: STEM.md (with the chart linked), STEM.json and STEM.png."""
-    if not stem or stem != os.path.basename(stem) or stem.startswith(".") or "/" in stem or "\\" in stem:
+    if not is_plain_stem(stem):
         raise ChartError(f"results file stem {stem!r} must be a plain file name (it names files in {out_dir})")
     os.makedirs(out_dir, exist_ok=True)
     try:

@@ -103,16 +103,12 @@ def write_table(rows: list[dict], out: str) -> int:
 def _chart(rows: list[dict], path: str) -> bool:
     """Latency per preset and precision (2 threads), the bundle default hatched; int16x8 (reference
     kernels, ~1 s) left out of the picture. False when matplotlib is missing or nothing converted."""
+    from .charts import pyplot, write_png
+
     try:
-        import matplotlib
+        plt = pyplot()
     except ImportError:
         return False
-    matplotlib.use("Agg")
-    import io
-
-    import matplotlib.pyplot as plt
-
-    from mobilebert_mobile._io import atomic_write_bytes
 
     ok = [r for r in rows if "error" not in r and r["precision"] != "int16x8" and r.get("ms")]
     presets = list(dict.fromkeys(r["preset"] for r in ok))
@@ -136,11 +132,7 @@ def _chart(rows: list[dict], path: str) -> bool:
     ax.legend(handles=[Patch(color=plt.cm.tab10(j), label=p) for j, p in enumerate(precs)]
               + [Patch(facecolor="white", edgecolor="k", hatch="//", label="bundle default")], fontsize=7)
     ax.set_title("Every preset at every precision (int16x8 runs on reference kernels, ~1 s: not drawn)", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    write_png(fig, path)
     return True
 
 

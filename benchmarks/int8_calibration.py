@@ -192,14 +192,18 @@ def main(argv=None) -> int:
                     "with its fp32 model tensor by tensor (where the error enters)")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
-    if a.label is not None and (not a.label or os.path.basename(a.label) != a.label or a.label.startswith(".")
-                                or "\\" in a.label):
-        ap.error(f"--label names the results files and must be a plain file name, got {a.label!r}")
+    from .charts import is_plain_stem, save
+
     ck = a.checkpoint
     if ck == "minilm":
         from mobilebert_mobile import assets
 
         ck = str(assets.minilm_dir())
+    # the results files' name, checked before the long run rather than when writing them
+    label = a.label if a.label is not None else os.path.basename(os.path.normpath(ck))
+    if not is_plain_stem(label):
+        ap.error(f"--label names the results files and must be a plain file name (letters, digits, '-' and '_'), "
+                 f"got {label!r}" + ("" if a.label is not None else " from the checkpoint folder: give --label"))
     res = run(ck, task=a.task, calib_n=a.calibration_size, held_n=a.heldout_size,
               alphas=tuple(float(x) for x in a.alpha.split(",") if x),
               taus=tuple(float(x) for x in a.residual_tau.split(",") if x), full=a.int8_full,
@@ -209,9 +213,7 @@ def main(argv=None) -> int:
         argv if argv is not None else sys.argv[1:])
     md = markdown(res)
     if a.out:
-        from .charts import save  # STEM.md (linking the chart), STEM.json and STEM.png
-
-        save(a.out, f"calibration_{a.label or os.path.basename(os.path.normpath(ck))}", md, res)
+        save(a.out, f"calibration_{label}", md, res)  # STEM.md (linking the chart), STEM.json and STEM.png
     print(md)
     return 0
 

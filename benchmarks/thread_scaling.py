@@ -32,6 +32,7 @@ import numpy as np
 
 from mobilebert_mobile.errors import InputError
 
+from .charts import is_plain_stem
 from .floor import _one_gemm_tflite, gemm_shapes
 from .op_profile import _null_model, _Timed, model_feeds, run_interleaved
 
@@ -242,7 +243,7 @@ def main(argv=None) -> int:
         models = _pairs(a.models)
         if a.shapes_from and not os.path.isfile(a.shapes_from):
             raise ScalingError(f"--shapes-from: no model file at {a.shapes_from}")
-        if not a.name.replace("_", "").replace("-", "").isalnum():
+        if not is_plain_stem(a.name):
             raise ScalingError(f"--name must be letters, digits, '-' and '_' (a file stem), got {a.name!r}")
         if a.threads < 2 or a.runs < 1 or a.rounds < 1 or a.concurrent_seconds < 0:
             raise ScalingError("--threads must be >= 2, --runs and --rounds >= 1, --concurrent-seconds >= 0")

@@ -626,3 +626,16 @@ def test_charts_redraw_from_json_and_refuse_what_they_cannot_draw(tmp_path, caps
     with pytest.raises(charts.ChartError, match="plain file name"):  # a label must not name a path
         charts.save(str(tmp_path / "o"), "../escape", "# x\n", res)
     assert not (tmp_path / "escape.md").exists()
+
+
+def test_int8_calibration_refuses_a_label_that_is_a_path_before_running(tmp_path, capsys):
+    from mobilebert_mobile.benchmarks import int8_calibration
+
+    for argv, named in ((["--checkpoint", str(tmp_path), "--label", "../escape"], "'../escape'"),
+                        (["--checkpoint", str(tmp_path / "model.v2")], "from the checkpoint folder")):
+        with pytest.raises(SystemExit) as e:  # refused at once: no conversion, no results file
+            int8_calibration.main([*argv, "--out", str(tmp_path / "o")])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "--label names the results files" in err and named in err
+    assert not (tmp_path / "o").exists()
