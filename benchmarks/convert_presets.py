@@ -69,7 +69,7 @@ def main(argv=None) -> int:
                        "meets_target": s["meets_target"], "partitions": s["xnnpack"].get("partitions"),
                        "ops_outside": s["xnnpack"].get("ops_outside_xnnpack"),
                        "ms": s["latency_ms_median_2threads"], "conversion_s": rep["total_time_s"],
-                       "default": s["precision"] == rep.get("default_model")}
+                       "default": s["precision"] == rep.get("default_model"), "machine": rep.get("machine")}
                 rows.append(row)
                 with open(jsonl, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(row) + "\n")
@@ -87,7 +87,12 @@ def write_table(rows: list[dict], out: str) -> int:
             lines.append(f"| {r['preset']} | {r['precision']} | {r['size_mb']} | {r['max_rel_diff']:.2g} | "
                          f"{r['score']:.3f} | {r['meets_target']} | {r['partitions']} | {r['ops_outside']} | "
                          f"{r['ms']} | {'yes' if r.get('default') else ''} | {r['conversion_s']} |")
-    table = ("Command: `python -m mobilebert_mobile.benchmarks.convert_presets` (random weights with trained-like "
+    from mobilebert_mobile._machine import describe
+
+    machines = list(dict.fromkeys(describe(r["machine"]) for r in rows if r.get("machine")))
+    where = " ".join(machines) if len(machines) == 1 else (
+        "Machines: " + "; ".join(machines) if machines else "Machine: not recorded in these rows.")
+    table = (where + "\n\nCommand: `python -m mobilebert_mobile.benchmarks.convert_presets` (random weights with trained-like "
              "norms; the real all-MiniLM-L6-v2), every precision, seq 128, batch 1, 64 calibration + 64 held-out "
              "real sentences; ms = median on 2 threads measured during conversion, the models timed side by side; "
              "bundle default = the precision the conversion chose (the fastest that meets the target).\n\n" + "\n".join(lines))

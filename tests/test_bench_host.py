@@ -106,6 +106,7 @@ def test_presets_table_marks_the_default_and_draws_the_chart(tmp_path):
 
     row = dict(size_mb=1.0, max_rel_diff=1e-3, metric="agreement", score=1.0, meets_target=True, partitions=1,
                ops_outside=4, conversion_s=10.0)
+    row["machine"] = {"cpu": "Some CPU", "cores": 2, "int8_isa": {"best": "AVX2", "int8_dot_product": False}}
     rows = [{"preset": "p", "precision": "dynamic-int8", "ms": 2.0, "default": False, **row},
             {"preset": "p", "precision": "int8", "ms": 1.5, "default": True, **row},
             {"preset": "q (4 layers)", "error": "MemoryError: killed"}]
@@ -114,4 +115,5 @@ def test_presets_table_marks_the_default_and_draws_the_chart(tmp_path):
     lines = {ln.split("|")[2].strip(): ln.split("|")[1:-1] for ln in md.splitlines() if ln.startswith("| p |")}
     assert lines["int8"][9].strip() == "yes" and lines["dynamic-int8"][9].strip() == ""
     assert "| q (4 layers) | error: MemoryError: killed" in md
+    assert md.startswith("Machine: Some CPU, 2 cores, int8 ISA: AVX2 (dot product: no).")  # where it was measured
     assert (tmp_path / "presets.png").read_bytes()[:4] == b"\x89PNG" and "![presets](presets.png)" in md
